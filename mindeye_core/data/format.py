@@ -1,0 +1,523 @@
+"""The canonical on-disk dataset format shared by every world (NSD, demo).
+
+A dataset is a folder::
+
+    <root>/
+      manifest.json      versioned description; written LAST, so its presence means "complete"
+      images.h5          /images    uint8 (N, H, W, 3), one chunk per image
+                         /image_ids int64 (N,)  source ids (NSD: COCO-73k index; demo: generation index)
+                         /captions  utf-8 strings (N,)  optional
+      <subject>.h5       /betas       float16|float32 (T, V)  one row per trial (T trials, V voxels)
+                         /image_index int64 (T,)  row of images.h5 shown in each trial
+                         /split       uint8 (T,)  0 = train, 1 = test
+                         /repetition  int16 (T,)  0-based presentation count of that image for this subject
+                         /session     int16 (T,)  optional, 0-based scan session
+
+Everything is written into ``<root>.partial/`` and renamed to ``<root>`` only by
+:meth:`DatasetWriter.finalize`; an interrupted write therefore never looks like a complete dataset, and
+the reader refuses a folder without a manifest. Readers stream from disk (h5py), so NSD's tens of GB never
+need to fit in memory; test betas are averaged over repetitions on demand (a few MB).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import h5py
+import numpy as np
+
+from ..errors import DataFormatError
+
+FORMAT_NAME = "mindeye-dataset"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+IMAGES_NAME = "images.h5"
+SPLIT_TRAIN = 0
+SPLIT_TEST = 1
+_SPLIT_CODES = {"train": SPLIT_TRAIN, "test": SPLIT_TEST}
+
+
+def _subject_file(subject: str) -> str:
+    if not subject or any(c in subject for c in "/\\ .") or subject == "images":
+        raise DataFormatError(f"invalid subject name {subject!r}: use letters, digits, '-' or '_'")
+    return f"{subject}.h5"
+
+
+# ----------------------------------------------------------------------------------------------- writer
+class _SubjectAppender:
+    """Appends trials for one subject; created by :meth:`DatasetWriter.subject`."""
+
+    def __init__(self, h5: h5py.File, subject: str, n_voxels: int, dtype: np.dtype) -> None:
+        self.h5 = h5
+        self.subject = subject
+        self.n_voxels = int(n_voxels)
+        self.n_trials = 0
+        chunk_rows = max(1, min(64, (1 << 20) // max(1, self.n_voxels * np.dtype(dtype).itemsize)))
+        h5.create_dataset("betas", shape=(0, n_voxels), maxshape=(None, n_voxels), dtype=dtype, chunks=(chunk_rows, n_voxels))
+        for name, dt in (("image_index", np.int64), ("split", np.uint8), ("repetition", np.int16), ("session", np.int16)):
+            h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(4096,))
+
+    def append(
+        self,
+        betas: np.ndarray,
+        image_index: np.ndarray,
+        split: np.ndarray,
+        repetition: np.ndarray,
+        session: np.ndarray | None = None,
+    ) -> None:
+        """Append trials.
+
+        Args:
+            betas: (t, V) float responses, finite.
+            image_index: (t,) int rows of images.h5 (validated against the image count at finalize).
+            split: (t,) ints (0 train, 1 test) or strings "train"/"test".
+            repetition: (t,) ints, 0-based repetition of the image for this subject.
+            session: optional (t,) ints.
+        """
+        betas = np.asarray(betas)
+        if betas.ndim != 2 or betas.shape[1] != self.n_voxels:
+            raise DataFormatError(
+                f"subject {self.subject}: betas must be (trials, {self.n_voxels} voxels), got shape {betas.shape}"
+            )
+        t = betas.shape[0]
+        bad = ~np.isfinite(betas)
+        if bad.any():
+            row = int(np.argwhere(bad)[0, 0])
+            raise DataFormatError(
+                f"subject {self.subject}: betas contain {int(bad.sum())} NaN/inf values "
+                f"(first in trial {self.n_trials + row})"
+            )
+        split_arr = np.asarray(split)
+        if split_arr.dtype.kind in "US":
+            unknown = set(np.unique(split_arr)) - set(_SPLIT_CODES)
+            if unknown:
+                raise DataFormatError(f"subject {self.subject}: unknown split labels {sorted(unknown)}")
+            split_arr = np.vectorize(_SPLIT_CODES.__getitem__, otypes=[np.uint8])(split_arr)
+        cols = {
+            "image_index": np.asarray(image_index, dtype=np.int64),
+            "split": split_arr.astype(np.uint8),
+            "repetition": np.asarray(repetition, dtype=np.int16),
+            "session": np.full(t, -1, np.int16) if session is None else np.asarray(session, dtype=np.int16),
+        }
+        for name, arr in cols.items():
+            if arr.shape != (t,):
+                raise DataFormatError(f"subject {self.subject}: {name} must have shape ({t},), got {arr.shape}")
+        if (cols["image_index"] < 0).any():
+            raise DataFormatError(f"subject {self.subject}: negative image index")
+        if not np.isin(cols["split"], (SPLIT_TRAIN, SPLIT_TEST)).all():
+            raise DataFormatError(f"subject {self.subject}: split codes must be 0 (train) or 1 (test)")
+        start = self.n_trials
+        self.h5["betas"].resize(start + t, axis=0)
+        self.h5["betas"][start:] = betas.astype(self.h5["betas"].dtype, copy=False)
+        for name, arr in cols.items():
+            self.h5[name].resize(start + t, axis=0)
+            self.h5[name][start:] = arr
+        self.n_trials += t
+
+
+class DatasetWriter:
+    """Write a dataset in the canonical format, streaming.
+
+    Usage::
+
+        with DatasetWriter(root, name="demo", world="demo") as w:
+            w.append_images(images_uint8, image_ids=ids, captions=caps)
+            subj = w.subject("subj01", n_voxels=2000)
+            subj.append(betas, image_index, split, repetition)
+            w.finalize(metadata={...})
+
+    Everything lands in ``<root>.partial`` until :meth:`finalize`, which validates every subject (image
+    indices in range, finite betas), writes the manifest and renames the folder. Leaving the ``with`` block
+    without finalizing (an exception, say) deletes the partial folder.
+    """
+
+    def __init__(self, root: str | Path, *, name: str, world: str, overwrite: bool = False, betas_dtype: Any = np.float32) -> None:
+        self.root = Path(root)
+        self.partial = self.root.with_name(self.root.name + ".partial")
+        if self.root.exists():
+            if not overwrite:
+                raise FileExistsError(f"dataset folder already exists: {self.root} (pass overwrite=True to replace it)")
+        if self.partial.exists():
+            shutil.rmtree(self.partial)
+        self.partial.mkdir(parents=True)
+        self.name = name
+        self.world = world
+        self.overwrite = overwrite
+        self.betas_dtype = np.dtype(betas_dtype)
+        self._images: h5py.File | None = None
+        self._subjects: dict[str, tuple[h5py.File, _SubjectAppender]] = {}
+        self._has_captions: bool | None = None
+        self._finalized = False
+
+    # images -----------------------------------------------------------------------------------------
+    @property
+    def n_images(self) -> int:
+        return 0 if self._images is None else int(self._images["images"].shape[0])
+
+    def append_images(self, images: np.ndarray, *, image_ids: np.ndarray | None = None, captions: list[str] | None = None) -> None:
+        """Append images (n, H, W, 3) uint8; all images must share H and W.
+
+        Args:
+            images: uint8 array (n, H, W, 3).
+            image_ids: optional (n,) int source ids (default: running index).
+            captions: optional list of n strings; give captions for all images or none.
+        """
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise DataFormatError(f"images must be uint8 (n, H, W, 3), got {images.dtype} {images.shape}")
+        n = images.shape[0]
+        if self._images is None:
+            h, w = images.shape[1:3]
+            f = h5py.File(self.partial / IMAGES_NAME, "w")
+            f.create_dataset("images", shape=(0, h, w, 3), maxshape=(None, h, w, 3), dtype=np.uint8, chunks=(1, h, w, 3), compression="lzf")
+            f.create_dataset("image_ids", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
+            self._images = f
+        ds = self._images["images"]
+        if images.shape[1:] != ds.shape[1:]:
+            raise DataFormatError(f"image size {images.shape[1:3]} differs from earlier images {ds.shape[1:3]}")
+        has = captions is not None
+        if self._has_captions is None:
+            self._has_captions = has
+            if has:
+                self._images.create_dataset("captions", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(4096,))
+        elif self._has_captions != has:
+            raise DataFormatError("give captions for every batch of images or for none")
+        if has and len(captions) != n:  # type: ignore[arg-type]
+            raise DataFormatError(f"{len(captions)} captions for {n} images")  # type: ignore[arg-type]
+        start = ds.shape[0]
+        ids = np.arange(start, start + n, dtype=np.int64) if image_ids is None else np.asarray(image_ids, dtype=np.int64)
+        if ids.shape != (n,):
+            raise DataFormatError(f"image_ids must have shape ({n},), got {ids.shape}")
+        ds.resize(start + n, axis=0)
+        ds[start:] = images
+        self._images["image_ids"].resize(start + n, axis=0)
+        self._images["image_ids"][start:] = ids
+        if has:
+            self._images["captions"].resize(start + n, axis=0)
+            self._images["captions"][start:] = np.asarray(captions, dtype=object)
+
+    # subjects ---------------------------------------------------------------------------------------
+    def subject(self, subject: str, *, n_voxels: int) -> _SubjectAppender:
+        """Start (or continue) writing trials for ``subject``, which has ``n_voxels`` voxels."""
+        if subject in self._subjects:
+            appender = self._subjects[subject][1]
+            if appender.n_voxels != n_voxels:
+                raise DataFormatError(f"subject {subject}: started with {appender.n_voxels} voxels, now {n_voxels}")
+            return appender
+        f = h5py.File(self.partial / _subject_file(subject), "w")
+        appender = _SubjectAppender(f, subject, n_voxels, self.betas_dtype)
+        self._subjects[subject] = (f, appender)
+        return appender
+
+    def finalize(self, metadata: dict[str, Any] | None = None) -> Path:
+        """Validate, write ``manifest.json`` and move the folder into place. Returns the dataset root."""
+        if self._images is None or self.n_images == 0:
+            raise DataFormatError("a dataset needs at least one image")
+        if not self._subjects:
+            raise DataFormatError("a dataset needs at least one subject")
+        n_images = self.n_images
+        h, w = self._images["images"].shape[1:3]
+        subjects_meta: dict[str, Any] = {}
+        for subject, (f, appender) in self._subjects.items():
+            idx = f["image_index"][:]
+            split = f["split"][:]
+            if appender.n_trials == 0:
+                raise DataFormatError(f"subject {subject} has no trials")
+            if idx.max() >= n_images:
+                raise DataFormatError(
+                    f"subject {subject}: image index {int(idx.max())} out of range for {n_images} images"
+                )
+            both = np.intersect1d(idx[split == SPLIT_TRAIN], idx[split == SPLIT_TEST])
+            if both.size:
+                raise DataFormatError(f"subject {subject}: {both.size} images appear in both train and test (e.g. {int(both[0])})")
+            subjects_meta[subject] = {
+                "file": _subject_file(subject),
+                "n_voxels": appender.n_voxels,
+                "n_trials": appender.n_trials,
+                "n_train_trials": int((split == SPLIT_TRAIN).sum()),
+                "n_test_trials": int((split == SPLIT_TEST).sum()),
+                "n_train_images": int(np.unique(idx[split == SPLIT_TRAIN]).size),
+                "n_test_images": int(np.unique(idx[split == SPLIT_TEST]).size),
+                "max_repetitions": int(f["repetition"][:].max()) + 1,
+            }
+            f.close()
+        self._images.close()
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "world": self.world,
+            "n_images": n_images,
+            "image_size": [int(h), int(w)],
+            "has_captions": bool(self._has_captions),
+            "betas_dtype": self.betas_dtype.name,
+            "subjects": subjects_meta,
+            "metadata": metadata or {},
+        }
+        (self.partial / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self.partial.rename(self.root)
+        self._finalized = True
+        return self.root
+
+    def abort(self) -> None:
+        """Close files and delete the partial folder."""
+        for f, _ in self._subjects.values():
+            if f.id.valid:
+                f.close()
+        if self._images is not None and self._images.id.valid:
+            self._images.close()
+        if self.partial.exists():
+            shutil.rmtree(self.partial)
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._finalized:
+            self.abort()
+
+
+# ----------------------------------------------------------------------------------------------- reader
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    """Read and validate ``root/manifest.json`` (format name and version)."""
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    if not path.is_file():
+        hint = " (an interrupted write? re-run the generation/conversion)" if any(root.iterdir()) else ""
+        raise DataFormatError(f"{root} is not a complete dataset: missing {MANIFEST_NAME}{hint}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"corrupt manifest {path}: {exc}") from exc
+    if manifest.get("format") != FORMAT_NAME:
+        raise DataFormatError(f"{path}: not a {FORMAT_NAME} manifest (format={manifest.get('format')!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataFormatError(
+            f"{path}: manifest format version {manifest.get('format_version')!r} is not supported "
+            f"(this code reads version {FORMAT_VERSION}); regenerate or convert the dataset again"
+        )
+    return manifest
+
+
+@dataclass
+class SubjectData:
+    """One subject's trials, read lazily from ``<subject>.h5``.
+
+    Attributes:
+        name: subject name (e.g. ``"subj01"``).
+        path: the HDF5 file.
+        n_voxels: V.
+        image_index: (T,) int64 rows of the dataset's images.
+        split: (T,) uint8, 0 train / 1 test.
+        repetition: (T,) int16.
+        session: (T,) int16 (-1 when unknown).
+    """
+
+    name: str
+    path: Path
+    n_voxels: int
+    image_index: np.ndarray
+    split: np.ndarray
+    repetition: np.ndarray
+    session: np.ndarray
+    _file: h5py.File | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: Path, name: str, n_voxels: int) -> SubjectData:
+        if not path.is_file():
+            raise DataFormatError(f"subject {name}: file missing: {path}")
+        try:
+            with h5py.File(path, "r") as f:
+                betas_shape = f["betas"].shape
+                cols = {k: f[k][:] for k in ("image_index", "split", "repetition", "session")}
+        except (OSError, KeyError) as exc:
+            raise DataFormatError(f"subject {name}: corrupt file {path}: {exc}") from exc
+        if betas_shape[1] != n_voxels:
+            raise DataFormatError(f"subject {name}: {path} has {betas_shape[1]} voxels, manifest says {n_voxels}")
+        return cls(name=name, path=path, n_voxels=n_voxels, **cols)
+
+    # lazy file handle: reopened in each process (DataLoader workers fork)
+    def _betas(self) -> h5py.Dataset:
+        if self._file is None or not self._file.id.valid:
+            self._file = h5py.File(self.path, "r")
+        return self._file["betas"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_file"] = None
+        return state
+
+    def close(self) -> None:
+        if self._file is not None and self._file.id.valid:
+            self._file.close()
+        self._file = None
+
+    @property
+    def n_trials(self) -> int:
+        return int(self.image_index.shape[0])
+
+    def trials(self, split: Literal["train", "test"]) -> np.ndarray:
+        """Indices (into the trial axis) of this split's trials, in file order."""
+        return np.flatnonzero(self.split == _SPLIT_CODES[split])
+
+    def images(self, split: Literal["train", "test"]) -> np.ndarray:
+        """Sorted unique image rows shown in this split."""
+        return np.unique(self.image_index[self.trials(split)])
+
+    def betas(self, trials: np.ndarray | slice | int) -> np.ndarray:
+        """Read betas for the given trial indices as float32: (len(trials), V) or (V,) for an int."""
+        ds = self._betas()
+        if isinstance(trials, (int, np.integer)):
+            return ds[int(trials)].astype(np.float32)
+        if isinstance(trials, slice):
+            return ds[trials].astype(np.float32)
+        trials = np.asarray(trials, dtype=np.int64)
+        if trials.size == 0:
+            return np.zeros((0, self.n_voxels), np.float32)
+        order = np.argsort(trials, kind="stable")
+        sorted_idx = trials[order]
+        unique, inverse = np.unique(sorted_idx, return_inverse=True)
+        block = ds[unique].astype(np.float32)  # h5py needs increasing indices
+        out = np.empty((trials.size, self.n_voxels), np.float32)
+        out[order] = block[inverse]
+        return out
+
+    def averaged(self, split: Literal["train", "test"] = "test") -> tuple[np.ndarray, np.ndarray]:
+        """Betas averaged over repetitions of each image.
+
+        Returns:
+            betas: (n_images, V) float32, one row per unique image of the split (sorted by image row).
+            image_index: (n_images,) int64 image rows.
+        """
+        trials = self.trials(split)
+        idx = self.image_index[trials]
+        images, inverse = np.unique(idx, return_inverse=True)
+        sums = np.zeros((images.size, self.n_voxels), np.float64)
+        counts = np.bincount(inverse, minlength=images.size).astype(np.float64)
+        chunk = 1024
+        for start in range(0, trials.size, chunk):
+            sel = trials[start : start + chunk]
+            np.add.at(sums, inverse[start : start + chunk], self.betas(sel))
+        return (sums / counts[:, None]).astype(np.float32), images
+
+
+class CanonicalDataset:
+    """A dataset folder in the canonical format, opened for reading.
+
+    Attributes:
+        root: the folder.
+        manifest: the parsed manifest.
+        n_images: N.
+        image_size: (H, W).
+        image_ids: (N,) int64 source ids.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        images_path = self.root / IMAGES_NAME
+        if not images_path.is_file():
+            raise DataFormatError(f"images file missing: {images_path}")
+        try:
+            with h5py.File(images_path, "r") as f:
+                shape = f["images"].shape
+                self.image_ids: np.ndarray = f["image_ids"][:]
+                self._captions: list[str] | None = (
+                    [c.decode() if isinstance(c, bytes) else str(c) for c in f["captions"][:]] if "captions" in f else None
+                )
+        except (OSError, KeyError) as exc:
+            raise DataFormatError(f"corrupt images file {images_path}: {exc}") from exc
+        if shape[0] != self.manifest["n_images"]:
+            raise DataFormatError(f"{images_path} has {shape[0]} images, manifest says {self.manifest['n_images']}")
+        self.n_images = int(shape[0])
+        self.image_size = (int(shape[1]), int(shape[2]))
+        self._images_file: h5py.File | None = None
+        self._subjects: dict[str, SubjectData] = {}
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def world(self) -> str:
+        return str(self.manifest["world"])
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted(self.manifest["subjects"])
+
+    @property
+    def captions(self) -> list[str] | None:
+        return self._captions
+
+    def subject(self, name: str) -> SubjectData:
+        """Open a subject (cached). Unknown names raise a KeyError listing the available subjects."""
+        if name not in self.manifest["subjects"]:
+            raise KeyError(f"subject {name!r} not in dataset {self.root} (available: {', '.join(self.subjects)})")
+        if name not in self._subjects:
+            meta = self.manifest["subjects"][name]
+            self._subjects[name] = SubjectData.open(self.root / meta["file"], name, int(meta["n_voxels"]))
+        return self._subjects[name]
+
+    def _images_ds(self) -> h5py.Dataset:
+        if self._images_file is None or not self._images_file.id.valid:
+            self._images_file = h5py.File(self.root / IMAGES_NAME, "r")
+        return self._images_file["images"]
+
+    def images(self, index: np.ndarray | int | slice) -> np.ndarray:
+        """Read images as uint8: (n, H, W, 3), or (H, W, 3) for an int index."""
+        ds = self._images_ds()
+        if isinstance(index, (int, np.integer)):
+            if not 0 <= int(index) < self.n_images:
+                raise IndexError(f"image index {index} out of range for {self.n_images} images")
+            return ds[int(index)]
+        if isinstance(index, slice):
+            return ds[index]
+        index = np.asarray(index, dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= self.n_images):
+            raise IndexError(f"image indices out of range for {self.n_images} images")
+        unique, inverse = np.unique(index, return_inverse=True)
+        return ds[unique][inverse] if unique.size else np.zeros((0, *self.image_size, 3), np.uint8)
+
+    def iter_images(self, batch_size: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, images (b, H, W, 3))`` over all images, in order."""
+        for start in range(0, self.n_images, batch_size):
+            yield start, self.images(slice(start, min(start + batch_size, self.n_images)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_images_file"] = None
+        return state
+
+    def close(self) -> None:
+        if self._images_file is not None and self._images_file.id.valid:
+            self._images_file.close()
+        self._images_file = None
+        for s in self._subjects.values():
+            s.close()
+
+    def summary(self) -> dict[str, Any]:
+        """Compact description (subjects, voxels, trials, images) for CLIs and docs."""
+        return {
+            "name": self.name,
+            "world": self.world,
+            "n_images": self.n_images,
+            "image_size": list(self.image_size),
+            "subjects": {k: dict(v) for k, v in self.manifest["subjects"].items()},
+        }
+
+    def __repr__(self) -> str:
+        return f"CanonicalDataset({str(self.root)!r}, world={self.world!r}, images={self.n_images}, subjects={self.subjects})"
+
+
+def open_dataset(root: str | Path) -> CanonicalDataset:
+    """Open a canonical dataset folder (see module docstring)."""
+    return CanonicalDataset(root)

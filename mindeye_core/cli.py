@@ -16,6 +16,7 @@ from typing import Sequence
 COMMAND_MODULES: list[str] = [
     "mindeye_core.data.demo_cli",
     "mindeye_core.data.nsd",
+    "mindeye_core.metrics.cli",
 ]
 
 

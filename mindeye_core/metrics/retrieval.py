@@ -1,0 +1,221 @@
+"""The retrieval protocol of MindEye (Table 1 "Image" / "Brain", Figure 3), both directions named.
+
+Embeddings are flattened and L2-normalised, similarity is cosine: ``S[i, j] = <b_i, v_j>`` with ``b_i`` the
+brain embedding of test sample ``i`` and ``v_j`` the image embedding of test image ``j`` (sample ``i`` saw
+image ``i``).
+
+* **brain -> image** ("image retrieval" in the paper's caption): for each brain sample ``i``, rank the
+  candidate images by ``S[i, :]``; correct if its own image ``i`` is first.
+* **image -> brain** ("brain retrieval"): for each image ``j``, rank the candidate brain samples by
+  ``S[:, j]``; correct if brain sample ``j`` is first.
+
+Top-1 is strict: the correct candidate must be *more* similar than every other candidate; a tie counts as a
+miss (``rank`` = number of other candidates with similarity ``>=`` the correct one).
+
+**Among 300** (the published numbers): 30 random draws (seeded) of 300 distinct test samples; in each draw
+the 300 paired samples form a 300 x 300 problem; the score is the mean top-1 over the 30 draws (a 95 %
+normal confidence interval over draws is reported as in the official code). The official code drew its
+batches from a resampled webdataset stream; we draw 300 distinct indices uniformly per draw with
+``numpy.random.default_rng(seed)``.
+
+**Full set** (paper Figure 3): the same ranking against all ``N`` test samples.
+
+Note on the official code: its ``batchwise_cosine_similarity(Z, B)`` returns ``(Z @ B.T).T``, so the matrix
+it called ``fwd_sim`` (brain, clip) is indexed [image, brain] and its "fwd" score -- published as *Image*
+retrieval -- ranks brains for each image. We compute and name both directions explicitly; the tables
+module maps them onto the paper's columns (see :mod:`mindeye_core.metrics.tables`).
+
+Full-set ranks are computed in query chunks, so ``10^5 x 10^5`` never materialises: memory is
+``chunk_size x N`` floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataFormatError
+
+N_CANDIDATES = 300
+N_DRAWS = 30
+DIRECTIONS = ("brain_to_image", "image_to_brain")
+
+
+def normalise_embeddings(x: Any, name: str = "embeddings", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(N, ...)`` -> ``(N, D)`` L2-normalised tensor; raises on NaN/inf or an all-zero row."""
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    if t.ndim < 2:
+        raise DataFormatError(f"{name}: expected (N, D) embeddings, got shape {tuple(t.shape)}")
+    t = t.reshape(t.shape[0], -1).to(dtype)
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        row = int(torch.nonzero(bad.any(dim=1))[0, 0])
+        raise DataFormatError(f"{name}: {int(bad.sum())} NaN/inf values (first in row {row})")
+    norm = t.norm(dim=1, keepdim=True)
+    zero = torch.nonzero(norm[:, 0] == 0)
+    if zero.numel():
+        raise DataFormatError(f"{name}: row {int(zero[0, 0])} is all zeros, cosine similarity is undefined")
+    return t / norm
+
+
+def _pair(brain: Any, image: Any, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    b = normalise_embeddings(brain, "brain embeddings", dtype)
+    v = normalise_embeddings(image, "image embeddings", dtype)
+    if b.shape[0] != v.shape[0]:
+        raise DataFormatError(f"got {b.shape[0]} brain embeddings but {v.shape[0]} image embeddings; they must be paired 1:1")
+    if b.shape[1] != v.shape[1]:
+        raise DataFormatError(f"embedding sizes differ: brain {b.shape[1]}, image {v.shape[1]}")
+    if b.shape[0] < 2:
+        raise DataFormatError(f"retrieval needs at least 2 pairs, got {b.shape[0]}")
+    return b, v
+
+
+def paired_ranks(queries: torch.Tensor, candidates: torch.Tensor, *, chunk_size: int = 1024, device: str | torch.device = "cpu") -> np.ndarray:
+    """Rank of each query's own candidate: ``rank_i = #{j != i : <q_i, c_j> >= <q_i, c_i>}``.
+
+    Args:
+        queries: ``(N, D)`` normalised; query ``i`` is paired with candidate ``i``.
+        candidates: ``(N, D)`` normalised.
+        chunk_size: queries per step; peak memory ``chunk_size x N`` similarities.
+        device: where to compute (e.g. ``"cuda"``).
+
+    Returns:
+        ``(N,)`` int64; 0 means a strict top-1 hit.
+    """
+    n = queries.shape[0]
+    cand = candidates.to(device)
+    ranks = np.empty(n, dtype=np.int64)
+    for s in range(0, n, chunk_size):
+        e = min(n, s + chunk_size)
+        q = queries[s:e].to(device)
+        sims = q @ cand.T  # (c, N)
+        rows = torch.arange(e - s, device=sims.device)
+        own = sims[rows, rows + s].unsqueeze(1)
+        # the own entry is >= itself, hence the - 1
+        ranks[s:e] = ((sims >= own).sum(dim=1) - 1).cpu().numpy()
+    return ranks
+
+
+def full_set_ranks(brain: Any, image: Any, *, chunk_size: int = 1024, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, np.ndarray]:
+    """Ranks of the correct candidate among all ``N`` test samples, both directions.
+
+    Returns:
+        ``{"brain_to_image": (N,) int64, "image_to_brain": (N,) int64}``.
+    """
+    b, v = _pair(brain, image, dtype)
+    return {
+        "brain_to_image": paired_ranks(b, v, chunk_size=chunk_size, device=device),
+        "image_to_brain": paired_ranks(v, b, chunk_size=chunk_size, device=device),
+    }
+
+
+def _top1_square(b: torch.Tensor, v: torch.Tensor) -> tuple[float, float]:
+    sims = b @ v.T  # (n, n) [brain, image]
+    own = sims.diagonal()
+    b2i = float(((sims >= own.unsqueeze(1)).sum(dim=1) == 1).to(torch.float64).mean())
+    i2b = float(((sims >= own.unsqueeze(0)).sum(dim=0) == 1).to(torch.float64).mean())
+    return b2i, i2b
+
+
+def draw_subsets(n: int, n_candidates: int = N_CANDIDATES, n_draws: int = N_DRAWS, seed: int = 0) -> np.ndarray:
+    """``(n_draws, n_candidates)`` int64 subsets of ``range(n)``, distinct within a draw, seeded."""
+    if n < n_candidates:
+        raise DataFormatError(f"cannot draw {n_candidates} candidates from {n} test samples")
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.choice(n, size=n_candidates, replace=False) for _ in range(n_draws)]).astype(np.int64)
+
+
+@dataclass
+class RetrievalResult:
+    """Retrieval scores, fractions in [0, 1].
+
+    Attributes:
+        brain_to_image: mean top-1 among ``n_candidates`` over the draws (for each brain sample, rank images).
+        image_to_brain: same, for each image rank the brain samples.
+        brain_to_image_ci95, image_to_brain_ci95: normal 95 % interval of the mean over draws.
+        brain_to_image_draws, image_to_brain_draws: per-draw top-1 (length ``n_draws``).
+        full_brain_to_image, full_image_to_brain: top-1 among all ``n_samples``.
+        n_samples, n_candidates, n_draws, seed: the protocol actually used.
+    """
+
+    brain_to_image: float
+    image_to_brain: float
+    brain_to_image_ci95: tuple[float, float]
+    image_to_brain_ci95: tuple[float, float]
+    full_brain_to_image: float
+    full_image_to_brain: float
+    n_samples: int
+    n_candidates: int
+    n_draws: int
+    seed: int
+    brain_to_image_draws: list[float] = field(default_factory=list)
+    image_to_brain_draws: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        d = asdict(self)
+        d["brain_to_image_ci95"] = list(self.brain_to_image_ci95)
+        d["image_to_brain_ci95"] = list(self.image_to_brain_ci95)
+        return d
+
+
+def _ci95(values: np.ndarray) -> tuple[float, float]:
+    mean = float(values.mean())
+    half = 1.959963984540054 * float(values.std()) / np.sqrt(len(values))
+    return (mean - half, mean + half)
+
+
+def retrieval_metrics(
+    brain: Any,
+    image: Any,
+    *,
+    n_candidates: int = N_CANDIDATES,
+    n_draws: int = N_DRAWS,
+    seed: int = 0,
+    chunk_size: int = 1024,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> RetrievalResult:
+    """The paper's retrieval evaluation, both directions (see module docstring).
+
+    Args:
+        brain: ``(N, ...)`` brain embeddings (e.g. projector outputs, ``(N, 257, 768)`` is flattened).
+        image: ``(N, ...)`` image embeddings in the same space, row ``i`` = image seen in brain sample ``i``.
+        n_candidates: candidates per draw (300). When ``N < n_candidates`` (tiny worlds) every draw uses
+            all ``N`` samples and ``n_candidates`` is reported as ``N``.
+        n_draws, seed: number of random draws and the RNG seed.
+        chunk_size, device, dtype: for the full-set ranks.
+    """
+    b, v = _pair(brain, image, dtype)
+    n = b.shape[0]
+    k = min(n_candidates, n)
+    subsets = draw_subsets(n, k, n_draws, seed)
+    b2i_d, i2b_d = [], []
+    bd, vd = b.to(device), v.to(device)
+    for idx in subsets:
+        t = torch.from_numpy(idx).to(bd.device)
+        x, y = _top1_square(bd[t], vd[t])
+        b2i_d.append(x)
+        i2b_d.append(y)
+    ranks = {
+        "brain_to_image": paired_ranks(b, v, chunk_size=chunk_size, device=device),
+        "image_to_brain": paired_ranks(v, b, chunk_size=chunk_size, device=device),
+    }
+    b2i_arr, i2b_arr = np.asarray(b2i_d), np.asarray(i2b_d)
+    return RetrievalResult(
+        brain_to_image=float(b2i_arr.mean()),
+        image_to_brain=float(i2b_arr.mean()),
+        brain_to_image_ci95=_ci95(b2i_arr),
+        image_to_brain_ci95=_ci95(i2b_arr),
+        full_brain_to_image=float((ranks["brain_to_image"] == 0).mean()),
+        full_image_to_brain=float((ranks["image_to_brain"] == 0).mean()),
+        n_samples=n,
+        n_candidates=k,
+        n_draws=n_draws,
+        seed=seed,
+        brain_to_image_draws=b2i_d,
+        image_to_brain_draws=i2b_d,
+    )

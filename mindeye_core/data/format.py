@@ -93,7 +93,7 @@ class _SubjectAppender:
             )
         split_arr = np.asarray(split)
         if split_arr.dtype.kind in "US":
-            unknown = set(np.unique(split_arr)) - set(_SPLIT_CODES)
+            unknown = {str(u) for u in np.unique(split_arr)} - set(_SPLIT_CODES)
             if unknown:
                 raise DataFormatError(f"subject {self.subject}: unknown split labels {sorted(unknown)}")
             split_arr = np.vectorize(_SPLIT_CODES.__getitem__, otypes=[np.uint8])(split_arr)
@@ -110,9 +110,18 @@ class _SubjectAppender:
             raise DataFormatError(f"subject {self.subject}: negative image index")
         if not np.isin(cols["split"], (SPLIT_TRAIN, SPLIT_TEST)).all():
             raise DataFormatError(f"subject {self.subject}: split codes must be 0 (train) or 1 (test)")
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
+            stored = betas.astype(self.h5["betas"].dtype, copy=False)
+        if stored.dtype != betas.dtype and not np.isfinite(stored).all():
+            row = int(np.argwhere(~np.isfinite(stored))[0, 0])
+            raise DataFormatError(
+                f"subject {self.subject}: betas overflow to NaN/inf when stored as {stored.dtype} "
+                f"(first in trial {self.n_trials + row}, |value| up to {float(np.abs(betas).max()):.3g}); "
+                "use betas_dtype=float32"
+            )
         start = self.n_trials
         self.h5["betas"].resize(start + t, axis=0)
-        self.h5["betas"][start:] = betas.astype(self.h5["betas"].dtype, copy=False)
+        self.h5["betas"][start:] = stored
         for name, arr in cols.items():
             self.h5[name].resize(start + t, axis=0)
             self.h5[name][start:] = arr

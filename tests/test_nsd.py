@@ -295,6 +295,33 @@ def test_unknown_subject_and_num_uniques_mismatch(tmp_path):
     info = open_dataset(root).manifest["metadata"]["subjects"]["subj01"]
     assert info["num_uniques_mismatches"] == 1
     assert open_dataset(root).subject("subj01").n_trials == 4 * 3  # no row dropped or invented
+    # trusting num_uniques keeps its first rows
+    root = _convert(tmp_path / "raw", tmp_path / "ds2", repetitions="num_uniques")
+    subj = open_dataset(root).subject("subj01")
+    assert subj.n_trials == 4 * 3 - 1
+    val = [s for s in fake.samples[1] if s.split == "val"][0]
+    row = int(np.flatnonzero(open_dataset(root).image_ids == val.coco)[0])
+    np.testing.assert_array_equal(subj.betas(np.flatnonzero(subj.image_index == row)), val.betas[:2].astype(np.float32))
+    with pytest.raises(MindEyeError, match="repetitions must be 'distinct' or 'num_uniques'"):
+        _convert(tmp_path / "raw", tmp_path / "ds3", repetitions="all")
+    _assert_no_output(tmp_path / "ds3")
+
+
+def test_num_uniques_mode_with_nan_padding_and_bad_values(tmp_path):
+    fake = make_fake_nsd(tmp_path / "raw", n_train=4, n_val=1, n_test=3, missing_fraction=0.5, pad="nan", seed=5)
+    root = _convert(tmp_path / "raw", tmp_path / "ds", repetitions="num_uniques")
+    subj = open_dataset(root).subject("subj01")
+    np.testing.assert_array_equal(
+        subj.betas(slice(None)), np.concatenate([s.real_betas for s in fake.samples[1]]).astype(np.float32)
+    )
+
+    def bad_count(samples):
+        samples[0].n_real = 0
+        return samples
+
+    _rewrite_shard(fake, 1, "val", 0, bad_count)
+    with pytest.raises(DataFormatError, match=r"val_subj01_0\.tar: num_uniques.npy missing or out of range 1..3 \(0\)"):
+        _convert(tmp_path / "raw", tmp_path / "ds2", repetitions="num_uniques")
 
 
 def test_iter_shard_groups_members_and_skips_wholebrain(tmp_path):
@@ -323,8 +350,11 @@ def test_cli_convert_and_import_from_local_source(tmp_path, capsys):
     # existing output -> clean error, exit code 1
     rc = main(["nsd", "import", "--source", str(tmp_path / "raw"), "--output", str(out), "--no-progress"])
     assert rc == 1 and "already exists" in capsys.readouterr().err
-    rc = main(["nsd", "import", "--source", str(tmp_path / "raw"), "--output", str(out), "--overwrite", "--no-progress", "--image-size", "8"])
+    rc = main(["nsd", "import", "--source", str(tmp_path / "raw"), "--output", str(out), "--overwrite", "--no-progress",
+               "--image-size", "8", "--repetitions", "num_uniques", "--betas-dtype", "float32"])
     assert rc == 0 and open_dataset(out).image_size == (8, 8)
+    assert open_dataset(out).manifest["metadata"]["repetitions_rule"] == "num_uniques"
+    assert open_dataset(out).manifest["betas_dtype"] == "float32"
 
 
 def test_cli_convert_default_paths_use_data_dir(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ repo ``pscotti/naturalscenesdataset``, folder ``webdataset_avg_split/``. Per sub
 Each tar sample is one unique image, with members named ``<key>.<ext>`` (webdataset convention: the key is
 the file name up to its first dot):
 
-- ``jpg``: the stimulus (256 x 256 RGB in the release).
+- ``jpg``: the stimulus (256 x 256 RGB, as MindEye's loaders expect).
 - ``nsdgeneral.npy``: (3, V) betas of the "nsdgeneral" visual-cortex mask, one row per repetition;
   V = 15,724 / 14,278 / 13,039 / 12,682 for subjects 1 / 2 / 5 / 7 (session-wise z-scored GLMsingle betas).
 - ``trial.npy``: the trial numbers of those repetitions.
@@ -24,8 +24,10 @@ the file name up to its first dot):
 Facts checked against MindEye's training code: the shard names and counts above, the keys, the voxel counts,
 ``num_train = 8559 + 300`` and ``num_val = 982``, and that MindEye trains on one row per step
 (``voxel[:, train_i % 3]``) and tests on ``voxel.mean(axis=1)``. The paper reports 24,980 training and 2,770
-test *trials* for subject 1 (not 3 x 8,859 = 26,577 and 3 x 982 = 2,946): NSD withheld its last sessions,
-so some images were seen only once or twice, yet every sample holds 3 rows.
+test *trials* (not 3 x 8,859 = 26,577 and 3 x 982 = 2,946): NSD withheld its last sessions, so some images
+were seen only once or twice, yet every sample holds 3 rows. Not verified here (no network): the dtype of
+``nsdgeneral.npy`` (float16 is handled as well as float32), the exact meaning of ``trial.npy``, and how the
+release pads the missing rows; the rules below are written to be safe for every plausible answer.
 
 Missing repetitions (not documented by the release; handled explicitly)
 ------------------------------------------------------------------------
@@ -33,8 +35,9 @@ A row is dropped, and counted in the manifest's metadata, when it is all NaN, al
 to an earlier row of the same sample (a padding copy: two real fMRI measurements of ~15k voxels are never
 identical). A row with *some* non-finite values is an error. If ``num_uniques.npy`` disagrees with the
 number of rows kept, the sample is converted with the rows kept and the disagreement is counted in the
-metadata (``num_uniques_mismatches``) and logged; a row is never silently duplicated or invented. Each
-kept row becomes one trial with repetition index 0, 1, 2 (per image and subject, in row order).
+metadata (``num_uniques_mismatches``) and logged; a row is never silently duplicated or invented.
+``repetitions="num_uniques"`` (``--repetitions num_uniques``) keeps the first ``num_uniques`` rows instead.
+Each kept row becomes one trial with repetition index 0, 1, 2 (per image and subject, in row order).
 
 Conversion
 ----------
@@ -307,19 +310,28 @@ class _RowStats:
 
 
 def sample_repetitions(
-    sample: NSDSample, n_voxels: int, stats: _RowStats | None = None
+    sample: NSDSample,
+    n_voxels: int,
+    stats: _RowStats | None = None,
+    *,
+    repetitions: str = "distinct",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The real repetitions of one sample (see the module docstring for the rules).
+    """The real repetitions of one sample.
 
     Args:
         sample: the tar sample.
         n_voxels: expected V for this subject.
         stats: counters updated in place.
+        repetitions: ``"distinct"`` (default): drop rows that are all NaN, all zero, or bit-identical to
+            an earlier row, and only *count* disagreements with ``num_uniques.npy``;
+            ``"num_uniques"``: keep the first ``num_uniques`` rows (they must be finite).
 
     Returns:
         betas: (k, V) kept rows, source dtype, k in 1..3.
         trials: (k,) int64 NSD trial numbers (-1 where ``trial.npy`` does not give one per row).
     """
+    if repetitions not in ("distinct", "num_uniques"):
+        raise MindEyeError(f"repetitions must be 'distinct' or 'num_uniques', got {repetitions!r}")
     betas = sample.array("nsdgeneral.npy")
     if betas.ndim == 1:
         betas = betas[None]
@@ -334,18 +346,35 @@ def sample_repetitions(
     trials = np.full(betas.shape[0], -1, np.int64)
     if trial is not None and trial.size == betas.shape[0] and trial.dtype.kind in "iu":
         trials = trial.reshape(-1).astype(np.int64)
+    nu_arr = sample.optional_array("num_uniques.npy")
+    num_uniques = int(nu_arr.reshape(-1)[0]) if nu_arr is not None and nu_arr.size == 1 else None
+
+    def check_finite(r: int) -> None:
+        finite = np.isfinite(betas[r])
+        if not finite.all():
+            raise DataFormatError(
+                f"{sample.where()}: repetition {r} has {int((~finite).sum())} NaN/inf values out of {finite.size}"
+            )
+
+    if repetitions == "num_uniques":
+        if num_uniques is None or not 1 <= num_uniques <= betas.shape[0]:
+            raise DataFormatError(
+                f"{sample.where()}: num_uniques.npy missing or out of range 1..{betas.shape[0]} ({num_uniques})"
+            )
+        for r in range(num_uniques):
+            check_finite(r)
+        if stats is not None:
+            stats.missing_rows += betas.shape[0] - num_uniques
+        return betas[:num_uniques], trials[:num_uniques]
+
     keep: list[int] = []
     for r in range(betas.shape[0]):
         row = betas[r]
-        finite = np.isfinite(row)
-        if not finite.any() or not row.any():
+        if not np.isfinite(row).any() or not row.any():  # all NaN/inf, or all zero: not measured
             if stats is not None:
                 stats.missing_rows += 1
             continue
-        if not finite.all():
-            raise DataFormatError(
-                f"{sample.where()}: repetition {r} has {int((~finite).sum())} NaN/inf values out of {row.size}"
-            )
+        check_finite(r)
         if any(np.array_equal(row, betas[k]) for k in keep):
             if stats is not None:
                 stats.duplicate_rows += 1
@@ -353,9 +382,8 @@ def sample_repetitions(
         keep.append(r)
     if not keep:
         raise DataFormatError(f"{sample.where()}: no valid repetition (every row is NaN or zero)")
-    nu = sample.optional_array("num_uniques.npy")
-    if nu is not None and nu.size == 1 and int(nu.reshape(-1)[0]) != len(keep):
-        log.warning("%s: num_uniques=%d but %d distinct repetitions found; keeping %d", sample.where(), int(nu.reshape(-1)[0]), len(keep), len(keep))
+    if num_uniques is not None and num_uniques != len(keep):
+        log.debug("%s: num_uniques=%d but %d distinct repetitions found; keeping them", sample.where(), num_uniques, len(keep))
         if stats is not None:
             stats.num_uniques_mismatches += 1
     return betas[keep], trials[keep]
@@ -446,6 +474,7 @@ def convert_nsd(
     betas_dtype: str | None = None,
     n_voxels: dict[int, int] | None = None,
     check_totals: bool = True,
+    repetitions: str = "distinct",
     progress: bool = True,
     name: str = "nsd",
 ) -> Path:
@@ -460,6 +489,8 @@ def convert_nsd(
         betas_dtype: ``"float16"`` or ``"float32"``; default: float16 if the shards hold float16.
         n_voxels: override the expected voxel count per subject (tests use tiny fakes).
         check_totals: compare sample counts with ``metadata_subj0X.json`` totals when present.
+        repetitions: which rows are real repetitions: ``"distinct"`` (default) or ``"num_uniques"``
+            (see :func:`sample_repetitions`).
         progress: show a tqdm bar over shards.
         name: dataset name stored in the manifest.
 
@@ -478,6 +509,8 @@ def convert_nsd(
     output = Path(output) if output is not None else default_dataset_dir()
     if output.exists() and not overwrite:
         raise FileExistsError(f"dataset folder already exists: {output} (pass overwrite=True / --overwrite to replace it)")
+    if repetitions not in ("distinct", "num_uniques"):
+        raise MindEyeError(f"repetitions must be 'distinct' or 'num_uniques', got {repetitions!r}")
     if image_size is not None and image_size < 8:
         raise MindEyeError(f"image_size must be >= 8, got {image_size}")
     check_raw(raw_dir, subjects)
@@ -526,7 +559,7 @@ def convert_nsd(
                 bar.set_postfix_str(path.name)
                 for sample in iter_shard(path):
                     coco = sample_coco(sample)
-                    betas, trials = sample_repetitions(sample, v, stats)
+                    betas, trials = sample_repetitions(sample, v, stats, repetitions=repetitions)
                     split = "test" if src_split == "test" else "train"
                     prev = image_split.setdefault(coco, split)
                     if prev != split:
@@ -582,6 +615,12 @@ def convert_nsd(
                             f"{sname}: {counts[split_name]} {split_name} samples in the shards but "
                             f"{raw_dir / metadata_file(subject)} lists {total} (incomplete or truncated shard?)"
                         )
+            if stats.num_uniques_mismatches:
+                log.warning(
+                    "%s: %d samples have a num_uniques.npy that differs from their number of distinct rows; "
+                    "kept the distinct rows (use repetitions='num_uniques' / --repetitions num_uniques to trust it)",
+                    sname, stats.num_uniques_mismatches,
+                )
             n_train_images = sum(1 for s in image_split.values() if s == "train")
             n_test_images = len(image_split) - n_train_images
             if (n_train_images, n_test_images) != (EXPECTED_TRAIN_IMAGES, EXPECTED_TEST_IMAGES):
@@ -608,6 +647,7 @@ def convert_nsd(
             "resized_to": image_size,
             "betas": "nsdgeneral single-trial betas (session-wise z-scored GLMsingle), one row per repetition",
             "session_rule": f"session = nsd_trial // {TRIALS_PER_SESSION} (assumes 0-based trial numbers)",
+            "repetitions_rule": repetitions,
             "subjects": subject_meta,
         }
         return writer.finalize(metadata=metadata)
@@ -637,6 +677,12 @@ def _add_convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset once the new one is complete")
     p.add_argument("--image-size", type=int, default=None, help="resize images to N x N (default: keep 256 x 256)")
     p.add_argument("--betas-dtype", choices=("float16", "float32"), default=None, help="default: as in the shards")
+    p.add_argument(
+        "--repetitions",
+        choices=("distinct", "num_uniques"),
+        default="distinct",
+        help="real repetitions = distinct finite rows (default) or the first num_uniques.npy rows",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -657,6 +703,7 @@ def _run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             image_size=args.image_size,
             betas_dtype=args.betas_dtype,
+            repetitions=args.repetitions,
             progress=not args.no_progress,
         )
         if action == "convert":

@@ -408,3 +408,22 @@ def test_download_reports_missing_files_and_cli_download(tmp_path, monkeypatch, 
     )
     rc = main(["nsd", "import", "--raw-dir", str(tmp_path / "raw"), "--output", str(tmp_path / "ds"), "--no-progress"])
     assert rc == 0 and open_dataset(tmp_path / "ds").n_images == 3
+
+
+def test_conversion_streams_one_shard_at_a_time_in_release_order(tmp_path, monkeypatch):
+    make_fake_nsd(tmp_path / "raw", subjects=(1, 2), n_train=3, n_val=1, n_test=2)
+    events = []
+    real_iter = nsd.iter_shard
+
+    def spy(path):
+        events.append(("open", Path(path).name))
+        yield from real_iter(path)
+        events.append(("done", Path(path).name))
+
+    monkeypatch.setattr(nsd, "iter_shard", spy)
+    _convert(tmp_path / "raw", tmp_path / "ds", subjects=(1, 2), betas_dtype="float16")
+    opened = [name for kind, name in events if kind == "open"]
+    expected = [Path(p).name for s in (1, 2) for p, _ in nsd.shard_files(s)]
+    assert opened == expected
+    for i in range(0, len(events), 2):  # each shard is exhausted before the next one is opened
+        assert events[i][0] == "open" and events[i + 1] == ("done", events[i][1])

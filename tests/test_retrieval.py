@@ -116,3 +116,37 @@ def test_bad_embeddings_raise() -> None:
         full_set_ranks(img, zero)
     with pytest.raises(DataFormatError, match="embedding sizes differ"):
         full_set_ranks(img, img[:, :3])
+
+
+# ------------------------------------------------------------------------- Retriever implementations
+def test_exact_and_faiss_retrievers_agree_with_brute_force() -> None:
+    from mindeye_core.retrieval import ExactRetriever, FaissRetriever, Retriever
+
+    rng = np.random.default_rng(6)
+    cand = rng.standard_normal((200, 12)).astype(np.float32)
+    q = rng.standard_normal((15, 12)).astype(np.float32)
+    sims = _unit(q) @ _unit(cand).T
+    want_idx = np.argsort(-sims, axis=1)[:, :5]
+    ids = np.arange(1000, 1200)
+    for r in (ExactRetriever(cand, ids, chunk_size=4), FaissRetriever(cand, ids)):
+        assert isinstance(r, Retriever)
+        scores, got = r.search(q, 5)
+        np.testing.assert_array_equal(got, ids[want_idx])
+        np.testing.assert_allclose(scores, np.take_along_axis(sims, want_idx, 1), rtol=1e-5, atol=1e-6)
+    assert ExactRetriever(cand).search(q, 500)[1].shape == (15, 200)  # k capped at N
+
+
+def test_retriever_errors() -> None:
+    from mindeye_core.errors import MindEyeError
+    from mindeye_core.retrieval import ClipRetrievalClient, ExactRetriever
+
+    cand = np.random.default_rng(7).standard_normal((10, 4))
+    with pytest.raises(MindEyeError, match="query dimension 3 != candidate dimension 4"):
+        ExactRetriever(cand).search(cand[:, :3], 2)
+    with pytest.raises(MindEyeError, match=r"ids must have shape \(10,\)"):
+        ExactRetriever(cand, ids=np.arange(9))
+    try:
+        import clip_retrieval  # noqa: F401
+    except ImportError:
+        with pytest.raises(MindEyeError, match=r"pip install mindeye-explorer\[laion\]"):
+            ClipRetrievalClient()

@@ -306,3 +306,35 @@ def test_clip_hidden_target_equals_vd_image_context(vd_folder: Path) -> None:
         pixels = pipe.image_feature_extractor(images=list(image), return_tensors="pt").pixel_values
         ours = normalize_by_first_token(enc.hidden_tokens(pixels))
     torch.testing.assert_close(ours, vd_ctx, atol=1e-5, rtol=1e-5)
+
+
+def test_from_pipeline_reverts_dual_attention_to_image_only() -> None:
+    """A dual-guided UNet (image + text transformers) is reduced to its image transformers."""
+    import copy
+
+    from diffusers.models import DualTransformer2DModel
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    reference = VersatileDiffusionGenerator(tiny_unet(), tiny_vae(), unipc(), n_tokens=T)
+    expected = reference.generate(emb(1), steps=2, seed=5)
+
+    pipe = _tiny_vd_pipeline()
+    unet = pipe.image_unet
+    n_dual = 0
+    for name, module in list(unet.named_modules()):
+        if isinstance(module, Transformer2DModel):
+            parent, index = name.rsplit(".", 1)
+            text = copy.deepcopy(module)
+            for p in text.parameters():
+                p.data.add_(0.5)
+            dual = DualTransformer2DModel(num_attention_heads=module.config.num_attention_heads,
+                                          attention_head_dim=module.config.attention_head_dim,
+                                          in_channels=module.config.in_channels, norm_num_groups=8,
+                                          cross_attention_dim=D)
+            dual.transformers[0], dual.transformers[1] = module, text
+            unet.get_submodule(parent)[int(index)] = dual
+            n_dual += 1
+    assert n_dual > 0
+    g = VersatileDiffusionGenerator.from_pipeline(pipe, n_tokens=T)
+    assert not any(isinstance(m, DualTransformer2DModel) for m in g.unet.modules())
+    torch.testing.assert_close(g.generate(emb(1), steps=2, seed=5), expected, atol=1e-5, rtol=1e-5)

@@ -366,6 +366,8 @@ def generate_demo_world(
     from tqdm.auto import tqdm
 
     root = Path(root)
+    if root.exists() and not overwrite:
+        raise FileExistsError(f"dataset folder already exists: {root} (pass overwrite=True to replace it)")
     t0 = time.perf_counter()
     scenes = sample_scenes(_rng(config.seed, _STREAM_STIMULI), config.n_images, max_objects=config.max_objects)
     images, labels, captions = render_scenes(

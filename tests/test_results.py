@@ -150,3 +150,30 @@ def test_evaluate_bundle_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[s
     args = parser.parse_args(["evaluate", str(tmp_path / "missing")])
     assert args.func(args) == 1
     assert "not a results bundle" in capsys.readouterr().err
+
+
+def tiny_clip_factory():  # used by the --extractor test below (module:factory import path)
+    import torch
+
+    from mindeye_core.metrics.features import FeatureExtractor
+
+    return FeatureExtractor.from_callable("clip", lambda x: torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1), resize=32)
+
+
+def test_cli_extractor_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    root = _write(tmp_path / "res")
+    sys.modules.setdefault("tests_results_helpers", sys.modules[__name__])
+    parser = argparse.ArgumentParser()
+    metrics_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["evaluate", str(root), "--metrics", "clip", "--n-draws", "1", "--no-store",
+                              "--extractor", "clip=tests_results_helpers:tiny_clip_factory", "--out", str(tmp_path / "t")])
+    assert args.func(args) == 0
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert metrics["subj01"]["protocol"]["sources"]["clip"] == "user-supplied"
+    assert 0.0 <= metrics["subj01"]["strengths"]["0.15"]["clip"] <= 1.0
+    assert open_results(root).subject("subj01").metrics == {}  # --no-store
+    args = parser.parse_args(["evaluate", str(root), "--extractor", "clip"])
+    assert args.func(args) == 1
+    assert "expects NAME=MODULE:FACTORY" in capsys.readouterr().err

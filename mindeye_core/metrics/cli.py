@@ -28,6 +28,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--metrics", nargs="*", default=None, help="subset of: pixcorr ssim alexnet2 alexnet5 inception clip effnet swav")
     p.add_argument("--weights", choices=["pretrained", "tiny", "random"], default="pretrained",
                    help="feature-network weights; 'tiny'/'random' only exercise the code (numbers are meaningless)")
+    p.add_argument("--extractor", action="append", default=[], metavar="NAME=MODULE:FACTORY",
+                   help="use FACTORY() (returning a FeatureExtractor) for extractor NAME, e.g. the demo world's tiny CLIP: "
+                        "clip=mindeye_core.encoders.demo:metrics_clip_extractor (repeatable)")
     p.add_argument("--allow-download", action="store_true", help="download missing feature-network weights")
     p.add_argument("--paper-parity", action="store_true", help="the released code's preprocessing (256 px first, no antialias, column SSIM)")
     p.add_argument("--official-code-directions", action="store_true", help="map retrieval directions onto Image/Brain as the official code did")
@@ -62,7 +65,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"error: unknown metrics {bad}; known: {' '.join(RECON_METRICS)}", file=sys.stderr)
             return 2
         names = list(dict.fromkeys(METRIC_TO_EXTRACTOR[m] for m in metrics if m in METRIC_TO_EXTRACTOR))
-        extractors, unavailable = load_extractors(names, args.weights, allow_download=args.allow_download, device=args.device)
+        overrides = _load_overrides(args.extractor)
+        extractors, unavailable = load_extractors(names, args.weights, allow_download=args.allow_download, device=args.device,
+                                                  overrides=overrides)
         for metric, reason in unavailable.items():
             print(f"{metric}: unavailable ({reason})", file=sys.stderr)
         evaluations = evaluate_bundle(
@@ -80,6 +85,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(paths["table1_md"].read_text())
     print(f"tables written to {out}")
     return 0
+
+
+def _load_overrides(specs: list[str]) -> dict[str, Any]:
+    """Parse ``NAME=module:factory`` options and call each factory (no arguments)."""
+    import importlib
+
+    from .features import FeatureExtractor
+
+    out: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, target = spec.partition("=")
+        module_name, sep2, attr = target.partition(":")
+        if not sep or not sep2 or not name or not module_name or not attr:
+            raise MindEyeError(f"--extractor expects NAME=MODULE:FACTORY, got {spec!r}")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise MindEyeError(f"--extractor {spec!r}: cannot import {target}: {exc}") from exc
+        ex = factory()
+        if not isinstance(ex, FeatureExtractor):
+            raise MindEyeError(f"--extractor {spec!r}: {target}() returned {type(ex).__name__}, expected a FeatureExtractor")
+        out[name] = ex
+    return out
 
 
 def _table(args: argparse.Namespace) -> int:

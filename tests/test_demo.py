@@ -330,16 +330,11 @@ def test_regenerating_gives_identical_bytes(small_world: Path, tmp_path: Path) -
     assert _h5_arrays(other / "images.h5")["images"].tobytes() != _h5_arrays(again / "images.h5")["images"][: 450].tobytes()
 
 
-def _fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_tests: list[np.ndarray]) -> list[np.ndarray]:
-    """Ridge regression: the project's RidgeBaseline when available, scikit-learn's Ridge otherwise."""
-    try:
-        from mindeye_core.models.ridge import RidgeBaseline
-    except ImportError:
-        from sklearn.linear_model import RidgeCV
+def _fit_predict(x_train: np.ndarray, y_train: np.ndarray, groups: np.ndarray, x_tests: list[np.ndarray]) -> list[np.ndarray]:
+    """The project's ridge baseline, alpha by CV with folds grouped by image (no repeat straddles folds)."""
+    from mindeye_core.models.ridge import RidgeBaseline
 
-        model = RidgeCV(alphas=(1e1, 1e2, 1e3, 1e4, 1e5)).fit(x_train, y_train)
-        return [model.predict(x) for x in x_tests]
-    ridge = RidgeBaseline(alphas=(1e1, 1e2, 1e3, 1e4, 1e5)).fit(x_train, y_train)
+    ridge = RidgeBaseline(alphas=(1e1, 1e2, 1e3, 1e4, 1e5), cv=3).fit(x_train, y_train, groups=groups)
     return [np.asarray(ridge.predict(x)) for x in x_tests]
 
 
@@ -372,7 +367,7 @@ def test_ridge_identifies_held_out_images_far_above_chance(small_world: Path) ->
     first = first[np.argsort(s.image_index[first])]
     np.testing.assert_array_equal(s.image_index[first], rows)
     y_test = _label_targets(labels, rows)
-    pred_avg, pred_single = _fit_predict(x_train, y_train, [x_avg, s.betas(first)])
+    pred_avg, pred_single = _fit_predict(x_train, y_train, s.image_index[train], [x_avg, s.betas(first)])
     top1_avg, top1_single = _top1(pred_avg, y_test), _top1(pred_single, y_test)
     chance = 1 / rows.size
     assert top1_avg > 15 * chance  # measured 0.3-0.4 on the small world (chance 0.0067)

@@ -302,3 +302,17 @@ def test_encoder_output_shape_is_checked() -> None:
 
     with pytest.raises(DataFormatError, match=r"produced targets of shape \(2, 4\), expected \(2, 5\)"):
         Broken().encode(images(2, 8))
+
+
+def test_load_image_encoder_factory(clip_folder: Path, tmp_path: Path) -> None:
+    from mindeye_core.encoders import load_image_encoder
+
+    assert load_image_encoder("clip-hidden", str(clip_folder)).target_shape == (17, 24)
+    assert load_image_encoder("clip-final", str(clip_folder)).target_shape == (24,)
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    assert load_image_encoder("vae", str(tmp_path / "vae"), image_size=32).target_shape == (4, 16, 16)
+    assert load_image_encoder("vicregl-standin", image_size=64).target_shape == (4, 320)
+    with pytest.raises(ValueError, match="unknown encoder kind 'clip'"):
+        load_image_encoder("clip")
+    with pytest.raises(ConfigMismatchError, match=r"expects \(257, 768\)"):
+        load_image_encoder("clip-hidden", str(clip_folder), expected_target_shape=(257, 768))

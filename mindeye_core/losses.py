@@ -78,15 +78,16 @@ def mixco(
         raise ValueError(f"mixco: beta must be positive, got {beta}")
     n = voxels.shape[0]
     device = voxels.device
-    perm = torch.randperm(n, generator=generator).to(device)
+    rng = generator.device if generator is not None else torch.device("cpu")
+    perm = torch.randperm(n, generator=generator, device=rng).to(device)
     if generator is None:
         betas = torch.distributions.Beta(beta, beta).sample((n,))
     else:  # Beta sampling has no generator argument: derive a seed from the generator, isolate the global RNG
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=rng))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             betas = torch.distributions.Beta(beta, beta).sample((n,))
-    select = torch.rand(n, generator=generator) <= s_thresh
+    select = torch.rand(n, generator=generator, device=rng) <= s_thresh
     betas = betas.to(device=device, dtype=voxels.dtype if voxels.is_floating_point() else torch.float32)
     select = select.to(device)
     betas = torch.where(select, betas, torch.ones_like(betas))

@@ -175,6 +175,11 @@ class PriorTransformer(nn.Module):
         return self.project_out(self.norm(x))
 
 
+def _draw_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    """Random numbers are drawn where the generator lives (or directly on ``device`` without one)."""
+    return generator.device if generator is not None else device
+
+
 class DiffusionPrior(ConfigModule):
     """Brain-conditioned diffusion prior over ``(num_tokens, dim)`` target embeddings.
 
@@ -283,7 +288,9 @@ class DiffusionPrior(ConfigModule):
             target: ``(B, N, dim)`` target embeddings in target units (e.g. normalised CLIP tokens).
             t: optional ``(B,)`` timesteps (default uniform in ``[0, T)``).
             noise: optional ``(B, N, dim)`` Gaussian noise.
-            generator: optional generator for ``t``, ``noise`` and the condition-dropout masks.
+            generator: optional generator for ``t``, ``noise`` and the condition-dropout masks; numbers
+                are drawn on the generator's device (pass a CUDA generator when training on a GPU:
+                drawing the noise on the CPU and copying it costs more than the step itself).
 
         Returns:
             ``loss`` (scalar, MSE in scaled units as in the official code) and the ``x0`` prediction
@@ -294,16 +301,17 @@ class DiffusionPrior(ConfigModule):
         if brain.shape[0] != target.shape[0]:
             raise DataFormatError(f"DiffusionPrior: brain batch {brain.shape[0]} != target batch {target.shape[0]}")
         b, device = target.shape[0], target.device
+        rng = _draw_device(generator, device)
         x0 = target * self.image_embed_scale
         if t is None:
-            t = torch.randint(0, self.timesteps, (b,), generator=generator, device="cpu").to(device)
+            t = torch.randint(0, self.timesteps, (b,), generator=generator, device=rng).to(device)
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device="cpu").to(device)
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=rng).to(device)
         x_t = self.schedule.q_sample(x0, t, noise)
         brain_keep = image_keep = None
         if self.training:
-            brain_keep = (torch.rand(b, generator=generator) >= self.cond_drop_prob).to(device)
-            image_keep = (torch.rand(b, generator=generator) >= self.image_drop_prob).to(device)
+            brain_keep = (torch.rand(b, generator=generator, device=rng) >= self.cond_drop_prob).to(device)
+            image_keep = (torch.rand(b, generator=generator, device=rng) >= self.image_drop_prob).to(device)
         pred = self.denoise(x_t, t, brain, brain_keep, image_keep)
         loss = F.mse_loss(pred.float(), x0.float())
         return loss, pred / self.image_embed_scale
@@ -322,8 +330,8 @@ class DiffusionPrior(ConfigModule):
 
         Args:
             brain: ``(B, N, dim)`` backbone tokens.
-            generator: CPU ``torch.Generator`` for the initial noise and every step's noise (seeded
-                sampling is reproducible across devices because noise is drawn on the CPU).
+            generator: ``torch.Generator`` for the initial noise and every step's noise, drawn on the
+                generator's device (a CPU generator gives the same samples on every device).
             cond_scale: classifier-free guidance scale (1 = no guidance).
             return_trajectory: also return the list of ``x0`` predictions per step (target units).
 
@@ -332,7 +340,8 @@ class DiffusionPrior(ConfigModule):
         """
         self._check(brain, "brain tokens")
         b, device, dtype = brain.shape[0], brain.device, brain.dtype if brain.is_floating_point() else torch.float32
-        x = torch.randn(brain.shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+        rng = _draw_device(generator, device)
+        x = torch.randn(brain.shape, generator=generator, dtype=torch.float32, device=rng).to(device=device, dtype=dtype)
         trajectory: list[torch.Tensor] = []
         keep_all = torch.ones(b, dtype=torch.bool, device=device)
         drop_all = torch.zeros(b, dtype=torch.bool, device=device)
@@ -346,7 +355,7 @@ class DiffusionPrior(ConfigModule):
                 trajectory.append(x0 / self.image_embed_scale)
             mean, logvar = self.schedule.posterior(x0, x, t)
             if i > 0:
-                noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+                noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=rng).to(device=device, dtype=dtype)
                 x = mean + (0.5 * logvar).exp() * noise
             else:
                 x = mean

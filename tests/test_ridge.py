@@ -151,3 +151,11 @@ def test_input_errors() -> None:
         RidgeBaseline(alphas=(0.0, 1.0))
     with pytest.raises(ValueError, match="give a single alpha"):
         RidgeBaseline(alphas=(1.0, 2.0), cv=1)
+
+
+def test_target_chunking_does_not_change_the_result() -> None:
+    x, y = _problem(n=60, v=15, t=(7,))
+    whole = RidgeBaseline(alphas=(0.3, 30.0, 3000.0), cv=3, dtype="float64").fit(x, y)
+    chunked = RidgeBaseline(alphas=(0.3, 30.0, 3000.0), cv=3, dtype="float64", target_chunk=3).fit(x, y)
+    np.testing.assert_allclose(chunked.cv_mse_.numpy(), whole.cv_mse_.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(chunked.coef_.numpy(), whole.coef_.numpy(), rtol=1e-10, atol=1e-12)

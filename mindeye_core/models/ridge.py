@@ -210,7 +210,7 @@ class RidgeBaseline:
             count = 0
             for tr, va in self._folds(n, g):
                 tr_t, va_t = torch.from_numpy(tr), torch.from_numpy(va)
-                sse += self._fold_sse(x[tr_t], y2[tr_t], x[va_t], y2[va_t], alphas)
+                sse += self._fold_sse(x[tr_t], x[va_t], y2, tr_t, va_t, alphas)
                 count += len(va) * y2.shape[1]
             self.cv_mse_ = (sse / count).to(torch.float32)
             # argmin with ties resolved towards the larger (safer) alpha
@@ -225,8 +225,12 @@ class RidgeBaseline:
         y_mean = y2.mean(0) if self.fit_intercept else torch.zeros(y2.shape[1], dtype=dt)
         u, s, vh = torch.linalg.svd(z, full_matrices=False)
         d = s / (s * s + self.alpha_)
-        # W = V diag(d) U^T (Y - ybar); U^T Y computed first: (k x n) @ (n x t)
-        self.coef_ = vh.T @ (d[:, None] * (u.T @ (y2 - y_mean)))
+        # W = V diag(d) U^T (Y - ybar), U^T Y first ((k x n) @ (n x t)), in column chunks to bound memory
+        coef = torch.empty(x.shape[1], y2.shape[1], dtype=dt)
+        for start in range(0, y2.shape[1], self.target_chunk):
+            cols = slice(start, start + self.target_chunk)
+            coef[:, cols] = vh.T @ (d[:, None] * (u.T @ (y2[:, cols] - y_mean[cols])))
+        self.coef_ = coef
         self.intercept_ = y_mean
         self.x_mean_, self.x_scale_ = mean, scale
         self.n_voxels_ = int(x.shape[1])
@@ -235,9 +239,18 @@ class RidgeBaseline:
         return self
 
     def _fold_sse(
-        self, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor, y_va: torch.Tensor, alphas: torch.Tensor
+        self,
+        x_tr: torch.Tensor,
+        x_va: torch.Tensor,
+        y: torch.Tensor,
+        tr: torch.Tensor,
+        va: torch.Tensor,
+        alphas: torch.Tensor,
     ) -> torch.Tensor:
-        """Validation sum of squared errors for every alpha, ``(n_alphas,)``, from one SVD."""
+        """Validation sum of squared errors for every alpha, ``(n_alphas,)``, from one SVD.
+
+        ``y`` is the full ``(n, t)`` target matrix; rows ``tr`` / ``va`` are sliced per column chunk.
+        """
         mean, scale = self._stats(x_tr)
         z_tr = self._prepare_z(x_tr, mean, scale)
         z_va = self._prepare_z(x_va, mean, scale)
@@ -245,9 +258,9 @@ class RidgeBaseline:
         zv = z_va @ vh.T  # (n_va, k)
         d = s[None, :] / (s[None, :] ** 2 + alphas[:, None])  # (n_alphas, k)
         out = torch.zeros(len(alphas), dtype=torch.float64)
-        for start in range(0, y_tr.shape[1], self.target_chunk):
-            yt = y_tr[:, start : start + self.target_chunk]
-            yv = y_va[:, start : start + self.target_chunk]
+        for start in range(0, y.shape[1], self.target_chunk):
+            yt = y[tr, start : start + self.target_chunk]
+            yv = y[va, start : start + self.target_chunk]
             ym = yt.mean(0) if self.fit_intercept else torch.zeros(yt.shape[1], dtype=yt.dtype)
             uty = u.T @ (yt - ym)  # (k, t)
             for i in range(len(alphas)):

@@ -338,3 +338,17 @@ def test_from_pipeline_reverts_dual_attention_to_image_only() -> None:
     g = VersatileDiffusionGenerator.from_pipeline(pipe, n_tokens=T)
     assert not any(isinstance(m, DualTransformer2DModel) for m in g.unet.modules())
     torch.testing.assert_close(g.generate(emb(1), steps=2, seed=5), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(gen: UNetVariationGenerator) -> None:
+    """Noise is drawn on the CPU, so a seed gives the same images on a GPU (up to float error)."""
+    import copy
+
+    cpu = gen.generate(emb(), init_images=imgs(), strength=0.3, n_samples=2, steps=4, seed=3)
+    cuda_gen = copy.deepcopy(gen).to("cuda")
+    out = cuda_gen.generate(emb(), init_images=imgs(), strength=0.3, n_samples=2, steps=4, seed=3)
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), cpu, atol=2e-3, rtol=0)
+    half = copy.deepcopy(gen).to("cuda", torch.float16).generate(emb(), n_samples=2, steps=4, seed=3)
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()

@@ -284,6 +284,11 @@ def _feature_module(model: nn.Module, nodes: list[str]) -> nn.Module:
 def _build_network(name: str, weights: WeightsKind, allow_download: bool) -> tuple[nn.Module, str]:
     from torchvision import models
 
+    if name == "clip":
+        try:
+            import open_clip  # noqa: F401
+        except ImportError as exc:
+            raise FeatureUnavailable("the CLIP extractor needs open_clip: pip install open_clip_torch") from exc
     if weights == "tiny":
         if name == "alexnet":
             return TinyAlexNet(), "tiny random AlexNet-layout"

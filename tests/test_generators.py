@@ -352,3 +352,12 @@ def test_cuda_matches_cpu(gen: UNetVariationGenerator) -> None:
     torch.testing.assert_close(out.cpu(), cpu, atol=2e-3, rtol=0)
     half = copy.deepcopy(gen).to("cuda", torch.float16).generate(emb(), n_samples=2, steps=4, seed=3)
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
+
+
+def test_vd_generator_save_load_round_trip(tmp_path: Path, vd_folder: Path) -> None:
+    g = VersatileDiffusionGenerator.from_pretrained(vd_folder, n_tokens=T, uncond_embedding=torch.ones(T, D))
+    g.save_pretrained(tmp_path / "saved")
+    loaded = VersatileDiffusionGenerator.from_pretrained(tmp_path / "saved")
+    assert isinstance(loaded, VersatileDiffusionGenerator) and loaded.renormalize and loaded.embedding_shape == (T, D)
+    torch.testing.assert_close(loaded.generate(emb(), steps=2, seed=1), g.generate(emb(), steps=2, seed=1),
+                               atol=1e-5, rtol=1e-5)

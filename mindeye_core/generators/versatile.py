@@ -31,7 +31,7 @@ import torch
 from ..encoders.base import resolve_local_source
 from ..encoders.clip import normalize_by_first_token
 from ..errors import CheckpointError, ConfigMismatchError
-from .unet_variation import UNetVariationGenerator
+from .unet_variation import GENERATOR_CONFIG, UNetVariationGenerator
 
 __all__ = [
     "VD_REPO_ID",
@@ -114,7 +114,7 @@ class VersatileDiffusionGenerator(UNetVariationGenerator):
     ) -> VersatileDiffusionGenerator:
         """Load ``image_unet``, ``vae`` and ``scheduler`` from a VD hub id or a local snapshot folder.
 
-        For a hub id only ``model_index.json``, ``image_unet/``, ``vae/`` and ``scheduler/`` are
+        A folder written by :meth:`save_pretrained` is loaded as such. For a hub id only ``model_index.json``, ``image_unet/``, ``vae/`` and ``scheduler/`` are
         fetched (``snapshot_download``; ``local_files_only=True`` uses the cache only). A local
         folder must have VD's layout (``model_index.json`` + those three sub-folders).
 
@@ -125,6 +125,10 @@ class VersatileDiffusionGenerator(UNetVariationGenerator):
         """
         from diffusers import AutoencoderKL, UNet2DConditionModel, UniPCMultistepScheduler
 
+        if Path(source).expanduser().is_dir() and (Path(source).expanduser() / GENERATOR_CONFIG).is_file():
+            # a folder written by save_pretrained (unet/, vae/, scheduler/ + generator_config.json)
+            return super().from_pretrained(source, torch_dtype=torch_dtype, device=device,  # type: ignore[return-value]
+                                           expected_embedding_shape=expected_embedding_shape)
         folder = _vd_folder(source, revision=revision, local_files_only=local_files_only)
         kw: dict[str, Any] = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         try:

@@ -361,3 +361,16 @@ def test_vd_generator_save_load_round_trip(tmp_path: Path, vd_folder: Path) -> N
     assert isinstance(loaded, VersatileDiffusionGenerator) and loaded.renormalize and loaded.embedding_shape == (T, D)
     torch.testing.assert_close(loaded.generate(emb(), steps=2, seed=1), g.generate(emb(), steps=2, seed=1),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_max_batch_chunking_gives_the_same_images() -> None:
+    whole = UNetVariationGenerator(tiny_unet(), tiny_vae(), unipc(), n_tokens=T)
+    chunked = UNetVariationGenerator(tiny_unet(), tiny_vae(), unipc(), n_tokens=T, max_batch=3)
+    for init, s in ((None, 0.0), (imgs(), 0.4)):
+        a = whole.generate(emb(), init_images=init, strength=s, n_samples=4, steps=3, seed=2)
+        with CallCounter(chunked.unet) as calls:
+            b = chunked.generate(emb(), init_images=init, strength=s, n_samples=4, steps=3, seed=2)
+        assert max(calls.batches) == 6  # 3 latents x 2 (CFG)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        UNetVariationGenerator(tiny_unet(), tiny_vae(), unipc(), max_batch=0)

@@ -70,6 +70,8 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         scaling_factor: latent scale (default ``vae.config.scaling_factor``).
         sample_init_posterior: sample instead of taking the mode of ``q(z | init)``.
         init_normalization: ``"vae"`` (``2x - 1``) or ``"clip"`` (official-code quirk, see module doc).
+        max_batch: at most this many latents per UNet pass (doubled by CFG) to bound memory; the
+            output does not depend on it (all noise is drawn up front).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         scaling_factor: float | None = None,
         sample_init_posterior: bool = False,
         init_normalization: Literal["vae", "clip"] = "vae",
+        max_batch: int | None = None,
     ) -> None:
         super().__init__()
         self.unet = freeze(unet)
@@ -113,6 +116,9 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         if init_normalization not in ("vae", "clip"):
             raise ValueError(f"init_normalization must be 'vae' or 'clip', got {init_normalization!r}")
         self.init_normalization = init_normalization
+        if max_batch is not None and int(max_batch) < 1:
+            raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+        self.max_batch = None if max_batch is None else int(max_batch)
         if uncond_embedding is not None:
             uncond_embedding = check_embeddings(uncond_embedding[None] if uncond_embedding.ndim == 2
                                                 else uncond_embedding, self.embedding_shape,
@@ -209,34 +215,48 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         cond = self.prepare_embeddings(embeddings.to(self.device, torch.float32)).to(self.dtype)
         cond = cond.repeat_interleave(n, dim=0)  # (B*n, T, D): sample k of input i at row i*n + k
         use_cfg = guidance != 1.0
+        uncond = cond
         if use_cfg:
             if self.uncond_embedding is None:
                 uncond = torch.zeros_like(cond)
             else:
                 uncond = self.uncond_embedding.to(self.device, self.dtype).expand_as(cond)
-            context = torch.cat([uncond, cond])
-        else:
-            context = cond
 
         sched = _fresh_scheduler(self.scheduler)
         sched.set_timesteps(steps, device=self.device)
         shape = (b * n, *self.latent_shape)
+        begin = 0
         if init_images is None or n_run == steps:
             # strength 0: the init image is ignored entirely (official code: no img2img)
             latents = self._randn(shape, gen) * sched.init_noise_sigma
-            timesteps = sched.timesteps
         else:
             init = self.encode_init(init_images, gen).to(self.dtype).repeat_interleave(n, dim=0)
+            begin = (steps - n_run) * getattr(sched, "order", 1)
             if n_run == 0:
-                latents, timesteps = init, sched.timesteps[:0]
+                latents = init
             else:
-                begin = (steps - n_run) * getattr(sched, "order", 1)
-                timesteps = sched.timesteps[begin:]
                 if hasattr(sched, "set_begin_index"):
                     sched.set_begin_index(begin)
                 noise = self._randn(shape, gen)
-                latents = sched.add_noise(init, noise, timesteps[:1].repeat(shape[0]))
+                latents = sched.add_noise(init, noise, sched.timesteps[begin:begin + 1].repeat(shape[0]))
 
+        # All random numbers are drawn above, so chunking (max_batch) does not change the result.
+        chunk = self.max_batch or shape[0]
+        images = []
+        for lo in range(0, shape[0], chunk):
+            sl = slice(lo, lo + chunk)
+            context = torch.cat([uncond[sl], cond[sl]]) if use_cfg else cond[sl]
+            images.append(self._denoise(latents[sl], context, steps, begin, n_run, guidance, use_cfg))
+        return torch.cat(images).view(b, n, 3, self.image_size, self.image_size)
+
+    def _denoise(self, latents: torch.Tensor, context: torch.Tensor, steps: int, begin: int, n_run: int,
+                 guidance: float, use_cfg: bool) -> torch.Tensor:
+        """Run the last ``n_run`` of ``steps`` scheduler steps from ``latents`` and decode the result."""
+        sched = _fresh_scheduler(self.scheduler)  # multistep schedulers keep per-trajectory state
+        sched.set_timesteps(steps, device=self.device)
+        if begin and hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(begin)
+        timesteps = sched.timesteps[begin:] if n_run else sched.timesteps[:0]
         for t in timesteps:
             x_in = torch.cat([latents, latents]) if use_cfg else latents
             x_in = sched.scale_model_input(x_in, t)
@@ -245,9 +265,7 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
                 eps_u, eps_c = eps.chunk(2)
                 eps = eps_u + guidance * (eps_c - eps_u)
             latents = sched.step(eps, t, latents).prev_sample
-
-        images = self.decode(latents)
-        return images.view(b, n, 3, self.image_size, self.image_size)
+        return self.decode(latents)
 
     # ------------------------------------------------------------------------------ save / load
     def generator_config(self) -> dict[str, Any]:
@@ -261,6 +279,7 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
             "scaling_factor": self.scaling_factor,
             "sample_init_posterior": self.sample_init_posterior,
             "init_normalization": self.init_normalization,
+            "max_batch": self.max_batch,
         }
 
     def save_pretrained(self, folder: str | Path) -> Path:

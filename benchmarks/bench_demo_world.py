@@ -18,7 +18,6 @@ training statistics before the cosine/correlation comparisons.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import sys
 import tempfile

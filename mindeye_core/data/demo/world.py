@@ -389,7 +389,10 @@ def generate_demo_world(
                 for a in range(0, sim.betas.shape[0], chunk):
                     sl = slice(a, a + chunk)
                     app.append(sim.betas[sl], sim.image_index[sl], sim.split[sl], sim.repetition[sl], sim.session[sl])
-                snr = compute_ncsnr(sim.betas, sim.image_index)
+                # per block of voxels: the float64 temporaries stay small
+                snr = np.concatenate(
+                    [compute_ncsnr(sim.betas[:, a : a + 512], sim.image_index) for a in range(0, sim.betas.shape[1], 512)]
+                )
                 nc = noise_ceiling(snr, config.repetitions)
                 c = sim.cortex
                 g = vox.create_group(name)

@@ -316,3 +316,38 @@ def test_load_image_encoder_factory(clip_folder: Path, tmp_path: Path) -> None:
         load_image_encoder("clip")
     with pytest.raises(ConfigMismatchError, match=r"expects \(257, 768\)"):
         load_image_encoder("clip-hidden", str(clip_folder), expected_target_shape=(257, 768))
+
+
+def _timm_to_fb_convnext_keys(state: dict) -> dict:
+    """Inverse of timm's FB->timm ConvNeXt key mapping (the layout of VICRegL's released files)."""
+    import re
+
+    out = {}
+    for k, v in state.items():
+        k = k.replace("stem.", "downsample_layers.0.")
+        k = re.sub(r"stages\.(\d+)\.downsample\.(\d+)", r"downsample_layers.\1.\2", k)
+        k = re.sub(r"stages\.(\d+)\.blocks\.(\d+)", r"stages.\1.\2", k)
+        k = k.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv").replace("norm_pre.", "norm.")
+        out[k] = v
+    return out
+
+
+def test_vicregl_checkpoint_in_released_fb_layout(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    backbone = _timm_convnext("convnext_atto")
+    fb = _timm_to_fb_convnext_keys(backbone.state_dict())
+    assert any(k.startswith("downsample_layers.3.") for k in fb) and "norm.weight" in fb
+    torch.save(fb, tmp_path / "convnext_atto_alpha0.75.pth")
+    enc = load_vicregl_checkpoint(tmp_path / "convnext_atto_alpha0.75.pth", arch="convnext_atto", image_size=64)
+    assert enc.target_shape == (4, 320)
+    x = images(2, 64)
+    with torch.no_grad():
+        xn = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+            1, 3, 1, 1)
+        ref = backbone.forward_features(xn).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(enc.encode(x), ref, atol=1e-4, rtol=1e-4)
+    bad = dict(fb)
+    bad.pop("norm.weight")
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="does not match timm convnext_atto"):
+        load_vicregl_checkpoint(tmp_path / "bad.pth", arch="convnext_atto", image_size=64)

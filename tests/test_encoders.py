@@ -351,3 +351,11 @@ def test_vicregl_checkpoint_in_released_fb_layout(tmp_path: Path) -> None:
     torch.save(bad, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="does not match timm convnext_atto"):
         load_vicregl_checkpoint(tmp_path / "bad.pth", arch="convnext_atto", image_size=64)
+
+
+def test_encode_batches_equals_one_pass(clip_folder: Path) -> None:
+    enc = ClipVisionEncoder.from_pretrained(clip_folder)
+    x = images(5, 32)
+    torch.testing.assert_close(enc.encode_batches(x, batch_size=2), enc.encode(x).detach(), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        enc.encode_batches(x, batch_size=0)

@@ -180,6 +180,27 @@ class ImageEncoder(torch.nn.Module, ABC):
         out = self._encode(images.to(device=self.device, dtype=self.dtype))
         return check_output(out, images.shape[0], self.target_shape, who=f"{type(self).__name__}({self.name})")
 
+    @torch.no_grad()
+    def encode_batches(self, images: torch.Tensor, batch_size: int = 64,
+                       out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Encode a large image set in batches without gradients (target caching).
+
+        Args:
+            images: ``(N, 3, H, W)`` in ``[0, 1]``, any device (uint8 is not accepted: divide by 255).
+            batch_size: images per forward pass.
+            out_dtype: dtype of the returned CPU tensor.
+
+        Returns:
+            ``(N, *target_shape)`` on the CPU.
+        """
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        parts = [self.encode(images[i:i + batch_size]).to("cpu", out_dtype)
+                 for i in range(0, images.shape[0], int(batch_size))]
+        if not parts:
+            raise DataFormatError("images is an empty batch")
+        return torch.cat(parts)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # noqa: D102 - same as encode
         return self.encode(images)
 

@@ -393,10 +393,8 @@ class SimulatedCortex:
         hls = np.array([colorsys.rgb_to_hls(*c) for c in rgb]) if n else np.zeros((0, 3))
         bg_hue = 2 * np.pi * hls[:, 0]
         bg_chroma = hls[:, 2] * (1 - np.abs(2 * hls[:, 1] - 1))
-        vo_idx = np.flatnonzero(is_vo)
-        vo_local = np.searchsorted(np.flatnonzero(self.area == a_vo), high[vo_idx])
-        kappa_bg = 2.0
-        bg_tune = bg_chroma[:, None] * np.exp(kappa_bg * (np.cos(bg_hue[:, None] - self.vo_hue[vo_local][None]) - 1))
+        kappa_bg = 2.0  # VO voxels are all high-level, in order: vo_hue lines up with is_vo
+        bg_tune = bg_chroma[:, None] * np.exp(kappa_bg * (np.cos(bg_hue[:, None] - self.vo_hue[None]) - 1))
         out[:, is_vo] += 0.3 * bg_frac[:, None] * bg_tune * np.sqrt(1 / a_ref)
         # PPA: background class + openness
         open_ = (labels.background < len(GROUNDS)).astype(np.float64)

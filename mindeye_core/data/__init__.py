@@ -1,4 +1,7 @@
-"""Datasets: the canonical on-disk format, PyTorch loaders, noise ceilings, the demo world, NSD import."""
+"""Datasets: the canonical on-disk format, PyTorch loaders, noise ceilings, NSD import.
+
+The demo world (procedural stimuli + simulated subjects) lives in :mod:`mindeye_core.data.demo`.
+"""
 
 from .format import (
     SPLIT_TEST,
@@ -10,6 +13,7 @@ from .format import (
     read_manifest,
 )
 from .noise_ceiling import ncsnr, noise_ceiling
+from .nsd import convert_nsd, default_dataset_dir, download_nsd, import_nsd
 from .torch_data import FMRIDataset, make_dataloader
 
 __all__ = [
@@ -18,6 +22,10 @@ __all__ = [
     "CanonicalDataset",
     "DatasetWriter",
     "FMRIDataset",
+    "convert_nsd",
+    "default_dataset_dir",
+    "download_nsd",
+    "import_nsd",
     "SubjectData",
     "make_dataloader",
     "ncsnr",

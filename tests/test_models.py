@@ -219,6 +219,29 @@ def test_prior_sampling_is_seeded_and_guidance_changes_it() -> None:
     torch.testing.assert_close(traj[-1], a)  # last step returns the x0 prediction itself
 
 
+def test_sampling_loop_matches_explicit_ddpm_recursion(monkeypatch) -> None:
+    """With an analytic denoiser the sampler must follow the DDPM posterior recursion exactly."""
+    prior = create_model("test-prior").eval()
+    brain = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(prior, "denoise", lambda x_t, t, b, bk=None, ik=None: 0.5 * x_t + b)
+    out = prior.sample(brain, generator=torch.Generator().manual_seed(1))
+
+    betas = cosine_beta_schedule(prior.timesteps)
+    abar = torch.cumprod(1 - betas, 0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(brain.shape, generator=g).double()
+    for i in reversed(range(prior.timesteps)):
+        x0 = 0.5 * x + brain.double()
+        abar_prev = abar[i - 1] if i > 0 else torch.tensor(1.0, dtype=torch.float64)
+        mean = (betas[i] * abar_prev.sqrt() * x0 + (1 - abar_prev) * (1 - betas[i]).sqrt() * x) / (1 - abar[i])
+        if i > 0:
+            var = betas[i] * (1 - abar_prev) / (1 - abar[i])
+            x = mean + var.sqrt() * torch.randn(brain.shape, generator=g).double()
+        else:
+            x = mean
+    torch.testing.assert_close(out.double(), x / math.sqrt(16), rtol=1e-4, atol=1e-5)
+
+
 def test_prior_condition_dropout_uses_null_embeddings() -> None:
     torch.manual_seed(0)
     prior = create_model("test-prior")

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mindeye_core.errors import ConfigMismatchError, DataFormatError
+from mindeye_core.errors import CheckpointError, ConfigMismatchError, DataFormatError
 from mindeye_core.models import (
     NSD_VOXELS,
     BrainMLP,
@@ -18,6 +18,7 @@ from mindeye_core.models import (
     MindEyeHighLevel,
     cosine_beta_schedule,
     create_model,
+    load_official_brain_checkpoint,
     list_models,
     model_config,
 )
@@ -331,3 +332,36 @@ def test_cuda_bf16_training_step_and_cross_device_sampling() -> None:
     cpu = model.prior.cpu().sample(brain, generator=torch.Generator().manual_seed(5))
     gpu = model.prior.cuda().sample(brain.cuda(), generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+
+
+def _official_layout(model: BrainMLP) -> dict[str, torch.Tensor]:
+    """Our state dict renamed to the official training checkpoint layout (inverse mapping, by hand)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        k = k.replace("backbone.lin0.", "lin0.").replace("backbone.blocks.", "mlp.")
+        out["voxel2clip." + k] = v.clone()
+    out["net.null_brain_embeds"] = torch.zeros(3)  # prior tensors are ignored
+    return out
+
+
+def test_load_official_brain_checkpoint(tmp_path) -> None:
+    torch.manual_seed(0)
+    ours = BrainMLP(n_voxels=30, hidden=16, n_blocks=3, n_tokens=4, dim=8, proj_hidden=12).eval()
+    path = tmp_path / "last.pth"
+    torch.save({"epoch": 7, "model_state_dict": _official_layout(ours)}, path)
+    loaded = load_official_brain_checkpoint(path, dim=8).eval()
+    assert loaded.config == ours.config
+    x = torch.randn(2, 30)
+    for a, b in zip(ours(x), loaded(x)):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigMismatchError, match="n_voxels: checkpoint has 30, expected 15724"):
+        load_official_brain_checkpoint(path, dim=8, n_voxels=15724)
+    with pytest.raises(ConfigMismatchError, match="not a multiple of dim=768"):
+        load_official_brain_checkpoint(path)
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_official_brain_checkpoint(bad)
+    torch.save({"model_state_dict": {"net.x": torch.zeros(1)}}, tmp_path / "prior_only.pth")
+    with pytest.raises(CheckpointError, match="no MindEye BrainNetwork tensors"):
+        load_official_brain_checkpoint(tmp_path / "prior_only.pth")

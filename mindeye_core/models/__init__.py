@@ -1,6 +1,7 @@
 """MindEye models: brain MLP backbone + projector, diffusion prior, low-level model, ridge baseline.
 
-- :class:`BrainMLP`: voxels -> (backbone tokens, projector tokens).
+- :class:`BrainMLP`: voxels -> (backbone tokens, projector tokens);
+  :func:`load_official_brain_checkpoint` reads the released MindEye ``BrainNetwork`` weights.
 - :class:`DiffusionPrior`: backbone tokens -> aligned target tokens (x0-predicting DDPM, explicit sampler).
 - :class:`MindEyeHighLevel`: BrainMLP + DiffusionPrior in one checkpoint.
 - :class:`LowLevelModel`: voxels -> VAE latents + contrastive features.
@@ -12,7 +13,7 @@ Every torch model saves/loads as ``config.json`` + ``model.safetensors`` (``save
 ``from_pretrained``); the ridge baseline via ``save`` / ``RidgeBaseline.load``.
 """
 
-from .brain import BrainMLP, MindEyeHighLevel
+from .brain import BrainMLP, MindEyeHighLevel, load_official_brain_checkpoint
 from .lowlevel import LowLevelModel
 from .prior import DiffusionPrior, NoiseSchedule, cosine_beta_schedule
 from .registry import NSD_VOXELS, PRIOR_LOSS_WEIGHTS, create_model, list_models, model_class, model_config
@@ -31,6 +32,7 @@ __all__ = [
     "cosine_beta_schedule",
     "create_model",
     "list_models",
+    "load_official_brain_checkpoint",
     "model_class",
     "model_config",
 ]

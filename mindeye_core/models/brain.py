@@ -26,14 +26,19 @@ the backbone tokens.
 
 from __future__ import annotations
 
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import DataFormatError
+from ..errors import CheckpointError, DataFormatError
 from ..io import ConfigModule
 
-__all__ = ["BrainMLP", "MindEyeHighLevel", "ResidualMLPBackbone", "check_voxels"]
+__all__ = ["BrainMLP", "MindEyeHighLevel", "ResidualMLPBackbone", "check_voxels", "load_official_brain_checkpoint"]
 
 
 def check_voxels(x: torch.Tensor, n_voxels: int, model: str) -> None:
@@ -267,3 +272,92 @@ class MindEyeHighLevel(ConfigModule):
             raise RuntimeError("this MindEyeHighLevel was built with use_prior=False")
         backbone, _ = self.brain(voxels)
         return self.prior.sample(backbone, generator=generator, cond_scale=cond_scale)
+
+
+_OFFICIAL_PREFIXES = ("module.", "voxel2clip.", "_orig_mod.")
+
+
+def official_brain_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an official MindEye ``BrainNetwork`` state dict to :class:`BrainMLP` keys.
+
+    Accepts the released training checkpoints' ``model_state_dict`` (keys ``voxel2clip.lin0.0.weight``,
+    ``voxel2clip.mlp.3.1.bias``, ``voxel2clip.projector.8.weight``, prior keys ``net.*`` which are
+    dropped) or a bare ``BrainNetwork`` state dict. Mapping: ``lin0.*`` -> ``backbone.lin0.*``,
+    ``mlp.k.*`` -> ``backbone.blocks.k.*``, ``lin1.*`` and ``projector.*`` unchanged (same layer
+    indices: Linear 0, LayerNorm 1 inside each block; projector layers 0..8).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        k = key
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _OFFICIAL_PREFIXES:
+                if k.startswith(prefix):
+                    k, stripped = k[len(prefix) :], True
+        if k.startswith("lin0."):
+            out["backbone." + k] = value
+        elif k.startswith("mlp."):
+            out[re.sub(r"^mlp\.", "backbone.blocks.", k)] = value
+        elif k.startswith(("lin1.", "projector.")):
+            out[k] = value
+    return out
+
+
+def load_official_brain_checkpoint(path: str | Path, **config: Any) -> BrainMLP:
+    """Build a :class:`BrainMLP` from an official MindEye checkpoint file (``.pth``/``.pt``).
+
+    The file is read with ``torch.load(..., weights_only=True)`` (no pickled code runs). The config is
+    inferred from the tensor shapes (``n_voxels``, ``hidden``, ``n_blocks``, ``n_tokens x dim``,
+    ``proj_hidden``); ``config`` may pin values (e.g. ``dim=768``, needed to split ``lin1``'s output into
+    tokens; default 768), and any disagreement raises :class:`~mindeye_core.errors.ConfigMismatchError`.
+
+    Raises:
+        CheckpointError: unreadable file or no BrainNetwork tensors in it.
+    """
+    from ..errors import ConfigMismatchError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"official checkpoint not found: {path}")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: {exc}") from exc
+    if isinstance(raw, Mapping) and "model_state_dict" in raw:
+        raw = raw["model_state_dict"]
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(raw).__name__}")
+    state = official_brain_state_dict(raw)
+    needed = ("backbone.lin0.0.weight", "lin1.weight")
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: no MindEye BrainNetwork tensors found (missing {missing})")
+    hidden, n_voxels = state["backbone.lin0.0.weight"].shape
+    n_blocks = len({int(m.group(1)) for k in state if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))})
+    dim = int(config.get("dim", 768))
+    out_features = state["lin1.weight"].shape[0]
+    if out_features % dim:
+        raise ConfigMismatchError(f"{path}: lin1 has {out_features} outputs, not a multiple of dim={dim}")
+    use_projector = "projector.2.weight" in state
+    inferred: dict[str, Any] = {
+        "n_voxels": int(n_voxels),
+        "hidden": int(hidden),
+        "n_blocks": n_blocks,
+        "n_tokens": out_features // dim,
+        "dim": dim,
+        "use_projector": use_projector,
+    }
+    if use_projector:
+        inferred["proj_hidden"] = int(state["projector.2.weight"].shape[0])
+    clash = {k: (inferred[k], v) for k, v in config.items() if k in inferred and inferred[k] != v}
+    if clash:
+        detail = ", ".join(f"{k}: checkpoint has {a!r}, expected {b!r}" for k, (a, b) in clash.items())
+        raise ConfigMismatchError(f"{path} does not match the expected config ({detail})")
+    model = BrainMLP(**{**config, **inferred})
+    own = model.state_dict()
+    wrong = sorted(set(own) ^ set(state)) + sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if wrong:
+        raise CheckpointError(f"{path}: tensors do not match BrainMLP({model.config}): {wrong[:5]}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model

@@ -42,7 +42,7 @@ __all__ = ["BrainMLP", "MindEyeHighLevel", "ResidualMLPBackbone", "check_voxels"
 
 
 def check_voxels(x: torch.Tensor, n_voxels: int, model: str) -> None:
-    """Raise :class:`DataFormatError` (a ``ValueError``) unless ``x`` is ``(B, n_voxels)`` and finite-shaped."""
+    """Raise :class:`DataFormatError` (a ``ValueError``) unless ``x`` is a ``(B, n_voxels)`` tensor."""
     if not isinstance(x, torch.Tensor):
         raise DataFormatError(f"{model}: voxels must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 2:

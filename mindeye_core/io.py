@@ -54,6 +54,33 @@ def _json_ready(value: Any, *, key: str, cls: str) -> Any:
     )
 
 
+
+def check_expected_config(saved: dict[str, Any], expected: dict[str, Any] | None, where: str | Path) -> None:
+    """Raise :class:`ConfigMismatchError` naming every key where ``saved`` differs from ``expected``.
+
+    Args:
+        saved: the configuration read from disk.
+        expected: the subset of values the caller requires (``None`` or empty: nothing to check).
+        where: the file the configuration came from, for the message.
+    """
+    if not expected:
+        return
+    diffs = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+    if diffs:
+        detail = ", ".join(f"{k}: saved {a!r}, expected {b!r}" for k, (a, b) in diffs.items())
+        raise ConfigMismatchError(f"{where} does not match the expected config ({detail})")
+
+
+def load_weights_file(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load a safetensors file, turning a missing or unreadable file into :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing weights file: expected {path}")
+    try:
+        return load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"corrupt weights file {path}: {exc}") from exc
+
 class ConfigModule(torch.nn.Module):
     """``nn.Module`` whose constructor arguments are recorded as its config.
 
@@ -171,19 +198,10 @@ class ConfigModule(torch.nn.Module):
         """
         folder = Path(folder)
         config = cls.load_config(folder)
-        if expected_config:
-            diffs = {k: (config.get(k), v) for k, v in expected_config.items() if config.get(k) != v}
-            if diffs:
-                detail = ", ".join(f"{k}: saved {a!r}, expected {b!r}" for k, (a, b) in diffs.items())
-                raise ConfigMismatchError(f"{folder / CONFIG_NAME} does not match the expected config ({detail})")
+        check_expected_config(config, expected_config, folder / CONFIG_NAME)
         model = cls(**config)
         weights = folder / WEIGHTS_NAME
-        if not weights.is_file():
-            raise CheckpointError(f"missing weights file: expected {weights}")
-        try:
-            state = load_file(str(weights), device=str(map_location))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"corrupt weights file {weights}: {exc}") from exc
+        state = load_weights_file(weights, map_location=map_location)
         own = model.state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))

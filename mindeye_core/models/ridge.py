@@ -40,10 +40,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import CheckpointError, ConfigMismatchError, DataFormatError, MindEyeError
+from ..io import check_expected_config, load_weights_file
 
 __all__ = ["RidgeBaseline", "NotFittedError", "DEFAULT_ALPHAS"]
 
@@ -360,20 +360,10 @@ class RidgeBaseline:
         if not isinstance(fitted, dict) or {"alpha_", "n_voxels_", "target_shape_"} - set(fitted):
             raise CheckpointError(f"{cpath}: missing the 'fitted' section (alpha_, n_voxels_, target_shape_)")
         ctor = {k: payload[k] for k in ("alphas", "cv", "fit_intercept", "standardize", "dtype", "target_chunk") if k in payload}
-        if expected_config:
-            flat = {**ctor, **fitted}
-            diffs = {k: (flat.get(k), v) for k, v in expected_config.items() if flat.get(k) != v}
-            if diffs:
-                detail = ", ".join(f"{k}: saved {a!r}, expected {b!r}" for k, (a, b) in diffs.items())
-                raise ConfigMismatchError(f"{cpath} does not match the expected config ({detail})")
+        check_expected_config({**ctor, **fitted}, expected_config, cpath)
         model = cls(**ctor)
         wpath = folder / _WEIGHTS_NAME
-        if not wpath.is_file():
-            raise CheckpointError(f"missing weights file: expected {wpath}")
-        try:
-            state = load_file(str(wpath))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"corrupt weights file {wpath}: {exc}") from exc
+        state = load_weights_file(wpath)
         v = int(fitted["n_voxels_"])
         target_shape = tuple(int(s) for s in fitted["target_shape_"])
         t = int(np.prod(target_shape)) if target_shape else 1

@@ -126,3 +126,25 @@ def test_bad_inputs_raise_clear_errors() -> None:
         ll.pixcorr(np.full_like(gts, 0.5), gts)
     with pytest.raises(DataFormatError, match="uint8 or floating point"):
         ll.pixcorr(gts.astype(np.int32), gts)
+
+
+def test_torch_and_scipy_ssim_paths_agree() -> None:
+    rng = np.random.default_rng(14)
+    x = torch.from_numpy(rng.random((3, 40, 50)))
+    y = torch.from_numpy(np.clip(x.numpy() + 0.2 * rng.random((3, 40, 50)), 0, 1))
+    for cols in (False, True):
+        cpu = ll.ssim_gray(x, y, columns_only=cols)  # scipy path
+        # the device (CUDA) path is a shifted-slice sum; written out here to compare with the scipy CPU path
+        k = ll.gaussian_kernel1d()
+        r = (k.numel() - 1) // 2
+
+        def filt(t: torch.Tensor) -> torch.Tensor:
+            n_h = t.shape[-2] - 2 * r
+            out = sum(float(k[i]) * t[..., i : i + n_h, :] for i in range(k.numel()))
+            if cols:
+                return out
+            n_w = t.shape[-1] - 2 * r
+            return sum(float(k[i]) * out[..., i : i + n_w] for i in range(k.numel()))
+
+        ref = ll._ssim_from_moments(filt(x), filt(y), filt(x * x), filt(y * y), filt(x * y), 1.0).flatten(1).mean(dim=1)
+        torch.testing.assert_close(cpu, ref, rtol=1e-10, atol=1e-12)

@@ -60,6 +60,7 @@ def evaluate_reconstructions(
     gt_ids: Any = None,
     gt_feature_cache: dict[str, np.ndarray] | None = None,
     batch_size: int = 32,
+    lowlevel_batch_size: int = 4,
     device: str | torch.device = "cpu",
 ) -> EvaluationResult:
     """Compute the reconstruction metrics of Table 1 for N paired images.
@@ -74,7 +75,9 @@ def evaluate_reconstructions(
         recon_ids, gt_ids: optional ids checked for equal order.
         gt_feature_cache: dict reused across calls with the same ground truths (e.g. several strengths),
             filled with ground-truth features on first use.
-        batch_size, device: for the low-level metrics and feature extraction.
+        batch_size: images per feature-network forward pass.
+        lowlevel_batch_size: images per PixCorr/SSIM step (small batches stay in cache: fastest on CPU).
+        device: where images are resized and features computed.
     """
     r, g = check_pairs(recons, gts, recon_ids, gt_ids)
     unknown = sorted(set(metrics) - set(RECON_METRICS))
@@ -86,7 +89,7 @@ def evaluate_reconstructions(
     for m in LOWLEVEL_METRICS:
         if m in metrics:
             fn = pixcorr_per_image if m == "pixcorr" else ssim_per_image
-            vals = fn(r, g, paper_parity=paper_parity, batch_size=batch_size, device=device)
+            vals = fn(r, g, paper_parity=paper_parity, batch_size=lowlevel_batch_size, device=device)
             result.per_sample[m] = vals
             result.metrics[m] = float(vals.mean())
     feats_needed = [m for m in metrics if m in METRIC_TO_EXTRACTOR]

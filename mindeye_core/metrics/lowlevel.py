@@ -218,7 +218,7 @@ def pixcorr_per_image(
     paper_parity: bool = False,
     recon_ids: Any = None,
     gt_ids: Any = None,
-    batch_size: int = 32,
+    batch_size: int = 4,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Pearson r between each reconstruction and its ground truth over all pixels at 425 px.
@@ -336,7 +336,7 @@ def ssim_per_image(
     paper_parity: bool = False,
     recon_ids: Any = None,
     gt_ids: Any = None,
-    batch_size: int = 16,
+    batch_size: int = 4,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """SSIM of each reconstruction against its ground truth (grayscale, 425 px); ``(N,)`` float64.

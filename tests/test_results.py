@@ -177,3 +177,17 @@ def test_cli_extractor_override(tmp_path: Path, capsys: pytest.CaptureFixture[st
     args = parser.parse_args(["evaluate", str(root), "--extractor", "clip"])
     assert args.func(args) == 1
     assert "expects NAME=MODULE:FACTORY" in capsys.readouterr().err
+
+
+def test_training_evaluate_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    root = _write(tmp_path / "res")
+    script = Path(__file__).resolve().parent.parent / "training" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("training_evaluate", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(root), "--metrics", "pixcorr", "ssim", "--n-draws", "2", "--out", str(tmp_path / "t")]) == 0
+    assert "Ours (subj01, strength 0.15)" in (tmp_path / "t" / "table1.md").read_text()
+    assert "alexnet2" not in open_results(root).subject("subj01").metrics["strengths"]["0.15"]

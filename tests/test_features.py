@@ -158,3 +158,12 @@ def test_full_size_random_architectures() -> None:
         expected = {"alexnet": {"alexnet2": 184512, "alexnet5": 57600}, "inception": {"inception": 2048},
                     "clip": {"clip": 768}, "effnet": {"effnet": 1280}, "swav": {"swav": 2048}}[name]
         assert dims == expected
+
+
+def test_tiny_extractors_are_deterministic() -> None:
+    imgs = _imgs(2, 40, 3)
+    state = torch.get_rng_state()
+    a = build_extractor("inception", "tiny")(imgs)["inception"]
+    b = build_extractor("inception", "tiny")(imgs)["inception"]
+    np.testing.assert_array_equal(a, b)
+    assert torch.equal(state, torch.get_rng_state())  # the caller's RNG is untouched

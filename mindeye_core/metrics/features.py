@@ -351,7 +351,12 @@ def build_extractor(
     if weights not in ("pretrained", "random", "tiny"):
         raise ValueError(f"weights must be 'pretrained', 'random' or 'tiny', got {weights!r}")
     spec = EXTRACTORS[name]
-    net, source = _build_network(name, weights, allow_download)
+    if weights == "tiny":  # deterministic tiny networks, without touching the caller's RNG state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net, source = _build_network(name, weights, allow_download)
+    else:
+        net, source = _build_network(name, weights, allow_download)
     net = net.eval().requires_grad_(False).to(device)
     nodes = [n for n in spec.outputs.values() if n is not None]
     if name == "clip":

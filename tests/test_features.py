@@ -167,3 +167,22 @@ def test_tiny_extractors_are_deterministic() -> None:
     b = build_extractor("inception", "tiny")(imgs)["inception"]
     np.testing.assert_array_equal(a, b)
     assert torch.equal(state, torch.get_rng_state())  # the caller's RNG is untouched
+
+
+def test_swav_checkpoint_with_module_prefix(_torch_home: Path) -> None:
+    torch.manual_seed(1)
+    net = models.resnet50(weights=None).eval()
+    state = {f"module.{k}": v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    state["module.projection_head.0.weight"] = torch.zeros(2, 2)  # SwAV head: ignored like torch.hub's loader
+    ckpt = _torch_home / "hub" / "checkpoints" / "swav_800ep_pretrain.pth.tar"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(state, ckpt)
+    ex = build_extractor("swav", "pretrained")
+    imgs = _imgs(2, 32, 4)
+    net.fc = torch.nn.Identity()
+    with torch.no_grad():
+        ref = net(ex.preprocess(torch.from_numpy(imgs).permute(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(ex(imgs)["swav"], ref, rtol=1e-4, atol=1e-5)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(FeatureUnavailable, match="cannot read cached weights"):
+        build_extractor("swav", "pretrained")

@@ -35,6 +35,7 @@ with :meth:`FeatureExtractor.from_callable`.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
@@ -255,7 +256,10 @@ def _hub_checkpoint(url: str, *, allow_download: bool) -> dict[str, torch.Tensor
             torch.hub.download_url_to_file(url, str(path), progress=False)
         except (OSError, RuntimeError) as exc:  # URLError is an OSError; a blocked socket raises RuntimeError
             raise FeatureUnavailable(f"could not download {url}: {type(exc).__name__}: {exc}") from exc
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise FeatureUnavailable(f"cannot read cached weights {path}: {type(exc).__name__}: {exc}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return state

@@ -116,6 +116,9 @@ def test_bad_embeddings_raise() -> None:
         full_set_ranks(img, zero)
     with pytest.raises(DataFormatError, match="embedding sizes differ"):
         full_set_ranks(img, img[:, :3])
+    with pytest.raises(DataFormatError, match="brain embeddings and image embeddings are not in the same order"):
+        retrieval_metrics(img, img, brain_ids=np.arange(10), image_ids=np.roll(np.arange(10), 1))
+    assert retrieval_metrics(img, img, brain_ids=np.arange(10), image_ids=np.arange(10), n_draws=1).full_brain_to_image == 1.0
 
 
 # ------------------------------------------------------------------------- Retriever implementations

@@ -164,12 +164,12 @@ def check_pairs(
     return r, g
 
 
-def check_ids(a: Any, b: Any, n: int, *, what: str = "reconstructions") -> None:
+def check_ids(a: Any, b: Any, n: int, *, what: str = "reconstructions", other: str = "ground truths") -> None:
     """Raise :class:`DataFormatError` unless ids ``a`` and ``b`` (both optional) are equal ``(n,)`` arrays."""
     if a is None and b is None:
         return
     if a is None or b is None:
-        raise DataFormatError(f"ids given for only one side of the {what}/ground-truth pairing; give both or neither")
+        raise DataFormatError(f"ids given for only one side of the {what}/{other} pairing; give both or neither")
     a = np.asarray(a).reshape(-1)
     b = np.asarray(b).reshape(-1)
     if a.shape != (n,) or b.shape != (n,):
@@ -178,7 +178,7 @@ def check_ids(a: Any, b: Any, n: int, *, what: str = "reconstructions") -> None:
     if diff.size:
         i = int(diff[0])
         raise DataFormatError(
-            f"{what} and ground truths are not in the same order: {diff.size} of {n} ids differ "
+            f"{what} and {other} are not in the same order: {diff.size} of {n} ids differ "
             f"(first at row {i}: {a[i]!r} vs {b[i]!r})"
         )
 

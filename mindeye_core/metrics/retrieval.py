@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import DataFormatError
+from .lowlevel import check_ids
 
 N_CANDIDATES = 300
 N_DRAWS = 30
@@ -178,6 +179,8 @@ def retrieval_metrics(
     chunk_size: int = 1024,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    brain_ids: Any = None,
+    image_ids: Any = None,
 ) -> RetrievalResult:
     """The paper's retrieval evaluation, both directions (see module docstring).
 
@@ -188,8 +191,11 @@ def retrieval_metrics(
             all ``N`` samples and ``n_candidates`` is reported as ``N``.
         n_draws, seed: number of random draws and the RNG seed.
         chunk_size, device, dtype: for the full-set ranks.
+        brain_ids, image_ids: optional ``(N,)`` ids (e.g. dataset image index of each brain sample and of
+            each image); when given they must match row by row.
     """
     b, v = _pair(brain, image, dtype)
+    check_ids(brain_ids, image_ids, b.shape[0], what="brain embeddings", other="image embeddings")
     n = b.shape[0]
     k = min(n_candidates, n)
     subsets = draw_subsets(n, k, n_draws, seed)

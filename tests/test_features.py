@@ -186,3 +186,32 @@ def test_swav_checkpoint_with_module_prefix(_torch_home: Path) -> None:
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(FeatureUnavailable, match="cannot read cached weights"):
         build_extractor("swav", "pretrained")
+
+
+def test_demo_clip_extractor_from_local_folder(tmp_path: Path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    from mindeye_core.errors import CheckpointError
+    from mindeye_core.metrics.features import demo_clip_extractor, tiny_open_clip
+
+    with pytest.raises(CheckpointError, match="missing demo model 'tiny-clip'"):
+        demo_clip_extractor(root=tmp_path / "none")
+    folder = tmp_path / "models" / "tiny-clip"
+    folder.mkdir(parents=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = tiny_open_clip(image_size=56).eval()
+    cfg = {"model_cfg": {"embed_dim": 32, "quick_gelu": True,
+                         "vision_cfg": {"layers": 2, "width": 64, "head_width": 32, "patch_size": 14, "image_size": 56},
+                         "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}},
+           "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)}}
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    ex = demo_clip_extractor(root=tmp_path / "models")
+    assert ex.resize == 56 and ex.outputs == {"clip": None}
+    imgs = _imgs(2, 64, 5)
+    with torch.no_grad():
+        ref = net.encode_image(ex.preprocess(torch.from_numpy(imgs).permute(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(ex(imgs)["clip"], ref, rtol=1e-4, atol=1e-5)

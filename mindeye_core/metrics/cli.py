@@ -66,6 +66,14 @@ def _evaluate(args: argparse.Namespace) -> int:
             return 2
         names = list(dict.fromkeys(METRIC_TO_EXTRACTOR[m] for m in metrics if m in METRIC_TO_EXTRACTOR))
         overrides = _load_overrides(args.extractor)
+        if bundle.world == "demo" and "clip" in names and "clip" not in overrides:
+            # the demo world's CLIP metric uses the demo's own tiny CLIP (ViT-L/14 means nothing there)
+            from .features import demo_clip_extractor
+
+            try:
+                overrides["clip"] = demo_clip_extractor(device=args.device)
+            except MindEyeError as exc:
+                print(f"clip: demo CLIP unavailable ({exc})", file=sys.stderr)
         extractors, unavailable = load_extractors(names, args.weights, allow_download=args.allow_download, device=args.device,
                                                   overrides=overrides)
         for metric, reason in unavailable.items():

@@ -371,6 +371,22 @@ def build_extractor(
                             std=spec.std, source=source, device=device)
 
 
+def demo_clip_extractor(root: str | Path | None = None, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """The demo world's tiny CLIP (``mindeye_core.demo_models``) as the ``"clip"`` metric's extractor:
+    final image embedding, CLIP normalisation, resized to the model's own input size.
+
+    Raises:
+        CheckpointError: the demo CLIP has not been trained/shipped (message says how to create it).
+    """
+    from ..demo_models import load_demo_clip_model
+
+    model, _ = load_demo_clip_model(root, device=device)
+    size = getattr(getattr(model, "visual", None), "image_size", 64)
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    return FeatureExtractor(name="clip", model=model.encode_image, outputs={"clip": None}, resize=size, mean=CLIP_MEAN,
+                            std=CLIP_STD, source="demo tiny CLIP (mindeye_core.demo_models)", device=device)
+
+
 def load_extractors(
     names: list[str] | None = None,
     weights: WeightsKind = "pretrained",
@@ -419,6 +435,7 @@ __all__ = [
     "TinyAlexNet",
     "TinyPooledCNN",
     "build_extractor",
+    "demo_clip_extractor",
     "load_extractors",
     "tiny_open_clip",
     "weights_url",

@@ -104,7 +104,10 @@ class NoiseSchedule(nn.Module):
 
     @staticmethod
     def _gather(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
-        return values[t].reshape(-1, *([1] * (ndim - 1)))
+        # ``.to(t.device)`` is a no-op once the module sits on t's device; it guards against buffers
+        # left on the CPU when the module was built under a ``torch.device`` context whose factory-
+        # function table another library had patched (transformers 5 patches ``torch.linspace``).
+        return values.to(t.device)[t].reshape(-1, *([1] * (ndim - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """``x_t = sqrt(alphabar_t) x0 + sqrt(1 - alphabar_t) noise`` for per-sample ``t (B,)``."""

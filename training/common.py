@@ -28,6 +28,7 @@ from mindeye_core.errors import CheckpointError, DataFormatError
 from mindeye_core.paths import cache_dir, data_dir
 
 __all__ = [
+    "Clock",
     "DemoSplit",
     "Checkpointer",
     "add_common_args",
@@ -66,6 +67,9 @@ def add_common_args(ap: argparse.ArgumentParser, *, name: str, steps: int, batch
     ap.add_argument("--ckpt-dir", type=Path, default=None,
                     help="checkpoint folder (default OUT/checkpoint; put it elsewhere when OUT is shipped)")
     ap.add_argument("--max-train-images", type=int, default=None, help="use only the first N training images")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="wall-clock budget of the run (from start-up, data loading and target encoding included): stop early (and still write the weights) once it "
+                         "is spent; the learning-rate schedule follows max(step / steps, elapsed / budget)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--fp16", action="store_true", help="store the final weights in float16")
     return ap
@@ -170,14 +174,39 @@ def to_float_images(images: np.ndarray | torch.Tensor, device: str | torch.devic
     return t.to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0.05 at ``total``."""
+class Clock:
+    """Wall-clock budget of a run: ``fraction()`` = elapsed / budget (0 when there is no budget)."""
+
+    def __init__(self, max_minutes: float | None) -> None:
+        self.t0 = time.perf_counter()
+        self.budget_s = None if max_minutes is None else 60.0 * float(max_minutes)
+
+    def fraction(self) -> float:
+        if self.budget_s is None:
+            return 0.0
+        if self.budget_s <= 0:
+            return float("inf")
+        return (time.perf_counter() - self.t0) / self.budget_s
+
+    def spent(self) -> bool:
+        return self.fraction() >= 1.0
+
+
+def lr_lambda(warmup: int, total: int, clock: Clock | None = None) -> Callable[[int], float]:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0.05 at the end.
+
+    Progress after warm-up is ``p = max((step - warmup) / (total - warmup), clock.fraction())``, so a
+    run cut short by its time budget still ends with a decayed learning rate.
+    """
     import math
 
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
-        p = min(1.0, (step - warmup) / max(1, total - warmup))
+        p = (step - warmup) / max(1, total - warmup)
+        if clock is not None:
+            p = max(p, clock.fraction())
+        p = min(1.0, p)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p))
 
     return f
@@ -242,11 +271,12 @@ class Checkpointer:
 
 def train_loop(args: argparse.Namespace, *, step_fn: Callable[[int], dict[str, float]],
                modules: dict[str, torch.nn.Module], optimizers: dict[str, Any], data_rng: torch.Generator,
-               desc: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+               desc: str, log: Callable[[str], None] = print, clock: Clock | None = None) -> dict[str, Any]:
     """Run ``step_fn(step)`` for steps ``start .. args.steps - 1`` with progress, checkpoints and resume.
 
-    ``step_fn`` does one optimisation step and returns scalars to show. Returns a summary dict
-    (steps run, seconds, last losses, seconds per step).
+    ``step_fn`` does one optimisation step and returns scalars to show. With a ``clock`` whose budget
+    is spent the loop stops early (the summary says so). Returns a summary dict (steps run, final
+    step, seconds, last losses, seconds per step, stopped_by_time).
     """
     from tqdm.auto import tqdm
 
@@ -254,13 +284,22 @@ def train_loop(args: argparse.Namespace, *, step_fn: Callable[[int], dict[str, f
     start = 0
     if args.resume and ck.exists():
         start, _ = ck.load(modules, optimizers, data_rng)
+        for sch in optimizers.values():  # follow *this* run's schedule (e.g. extended --steps)
+            if isinstance(sch, torch.optim.lr_scheduler.LambdaLR):
+                for group, base, lam in zip(sch.optimizer.param_groups, sch.base_lrs, sch.lr_lambdas):
+                    group["lr"] = base * lam(sch.last_epoch)
         log(f"resumed from {ck.path} at step {start}")
     t0 = time.perf_counter()
     last: dict[str, float] = {}
     ema: dict[str, float] = {}
     bar = tqdm(range(start, args.steps), desc=desc, initial=start, total=args.steps, disable=args.no_progress,
                mininterval=2.0)
+    step = start
+    stopped = False
     for step in bar:
+        if clock is not None and clock.spent():
+            stopped = True
+            break
         last = step_fn(step)
         for k, v in last.items():
             ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
@@ -269,10 +308,14 @@ def train_loop(args: argparse.Namespace, *, step_fn: Callable[[int], dict[str, f
             ck.save(step + 1, modules, optimizers, data_rng)
     bar.close()
     secs = time.perf_counter() - t0
-    n = args.steps - start
+    end = step if stopped else args.steps
+    n = end - start
     if n > 0:
-        ck.save(args.steps, modules, optimizers, data_rng)
-    return {"steps_run": n, "seconds": round(secs, 1), "seconds_per_step": round(secs / max(1, n), 4),
+        ck.save(end, modules, optimizers, data_rng)
+    if stopped:
+        log(f"time budget of {args.max_minutes} min spent: stopped after step {end} of {args.steps}")
+    return {"steps_run": n, "final_step": end, "stopped_by_time": stopped, "seconds": round(secs, 1),
+            "seconds_per_step": round(secs / max(1, n), 4),
             "final_losses_ema": {k: round(v, 5) for k, v in ema.items()}}
 
 

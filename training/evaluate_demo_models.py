@@ -1,8 +1,8 @@
 """Quality numbers of the tiny demo-world models, on the held-out shared test images.
 
-- tiny CLIP: zero-shot category accuracy with prompts built from the caption grammar
-  (``"a {size} {colour} {category}"``, the 3 x 9 = 27 prompts of a category averaged after L2
-  normalisation, as CLIP's prompt ensembling); a prediction counts as correct if the category is
+- tiny CLIP: zero-shot category accuracy with prompts written in the caption grammar (64 random
+  one-object captions per category, ``"a {size} {colour} {category} at the {position} {background}"``,
+  averaged after L2 normalisation, as CLIP's prompt ensembling, see :func:`zero_shot_prompts`); a prediction counts as correct if the category is
   one of the image's objects (``any``), and separately on single-object images (``single``) and for
   the largest object (``largest``; objects are drawn largest first). Image <-> caption retrieval
   top-1 among all test images (chance = 1 / N_test), counted correct when the retrieved caption's
@@ -34,13 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DemoSplit, load_demo_split, to_float_images, write_json  # noqa: E402
 
 
-def _labels_for(split: DemoSplit) -> Any:
-    from mindeye_core.data.demo import load_demo_labels
-
-    labels = load_demo_labels(split.root)
-    return labels.category[split.test_rows], labels.n_objects[split.test_rows]
-
-
 @torch.no_grad()
 def clip_image_features(model: Any, images: torch.Tensor, batch: int = 200) -> torch.Tensor:
     """L2-normalised image embeddings ``(N, D)`` for images ``(N, 3, H, W)`` in [0, 1]."""
@@ -63,28 +56,60 @@ def clip_text_features(model: Any, texts: list[str], batch: int = 500) -> torch.
     return torch.cat(parts)
 
 
+_FIELDS = ("category", "colour", "size", "position")
+
+
+def zero_shot_prompts(per_class: int = 64, seed: int = 0, field: str = "category") -> list[str]:
+    """``per_class`` prompts per value of ``field`` (class-major order), written with the caption
+    grammar: one object whose ``field`` is the class and whose other attributes and background are
+    random, e.g. ``"a large red star at the top left above green ground"``."""
+    from mindeye_core.data.demo import BACKGROUNDS, CATEGORIES, COLOUR_NAMES, POSITIONS, SIZE_NAMES
+    from mindeye_core.data.demo.stimuli import caption_from_labels
+
+    sizes = {"category": len(CATEGORIES), "colour": len(COLOUR_NAMES), "size": len(SIZE_NAMES),
+             "position": len(POSITIONS)}
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(sizes[field]):
+        for _ in range(per_class):
+            obj = {f: int(rng.integers(sizes[f])) for f in _FIELDS}
+            obj[field] = k
+            out.append(caption_from_labels([(obj["category"], obj["colour"], obj["size"], obj["position"])],
+                                           int(rng.integers(len(BACKGROUNDS)))))
+    return out
+
+
 @torch.no_grad()
-def evaluate_clip(model: Any, split: DemoSplit, *, batch: int = 200) -> dict[str, float]:
+def evaluate_clip(model: Any, split: DemoSplit, *, batch: int = 200, per_category: int = 64) -> dict[str, float]:
     """Zero-shot category accuracy and image <-> caption top-1 retrieval on the test images."""
-    from mindeye_core.data.demo import CATEGORIES, COLOUR_NAMES, SIZE_NAMES
+    from mindeye_core.data.demo import CATEGORIES, load_demo_labels
 
     model.eval()
     img = clip_image_features(model, to_float_images(split.test_images), batch)
-    prompts = [f"a {s} {c} {k}" for k in CATEGORIES for s in SIZE_NAMES for c in COLOUR_NAMES]
-    per = len(SIZE_NAMES) * len(COLOUR_NAMES)
-    txt = clip_text_features(model, prompts).view(len(CATEGORIES), per, -1).mean(1)
-    txt = F.normalize(txt, dim=-1)
-    pred = (img @ txt.T).argmax(1).numpy()
-    cats, n_obj = _labels_for(split)
-    any_hit = np.array([p in set(c[c >= 0].tolist()) for p, c in zip(pred, cats)])
+    labels = load_demo_labels(split.root)
+    n_obj = labels.n_objects[split.test_rows]
     single = n_obj == 1
+    res: dict[str, float] = {}
+    for field in _FIELDS:
+        prompts = zero_shot_prompts(per_category, field=field)
+        n_cls = len(prompts) // per_category
+        txt = F.normalize(clip_text_features(model, prompts).view(n_cls, per_category, -1).mean(1), dim=-1)
+        p = (img @ txt.T).argmax(1).numpy()
+        truth = getattr(labels, field)[split.test_rows]
+        if field != "category":
+            res[f"zero_shot_{field}_single"] = float((p[single] == truth[single, 0]).mean())
+            res[f"zero_shot_{field}_chance"] = 1.0 / n_cls
+        else:
+            pred, cats = p, truth
     caps = split.test_captions
     cap = clip_text_features(model, caps)
     sim = img @ cap.T  # (N images, N captions)
     i2t = sim.argmax(1).numpy()
     t2i = sim.argmax(0).numpy()
     n = len(caps)
+    any_hit = np.array([q in set(c[c >= 0].tolist()) for q, c in zip(pred, cats)])
     return {
+        **res,
         "zero_shot_any": float(any_hit.mean()),
         "zero_shot_single": float((pred[single] == cats[single, 0]).mean()) if single.any() else float("nan"),
         "zero_shot_largest": float((pred == cats[:, 0]).mean()),

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    Clock,
     add_common_args,
     load_demo_split,
     lr_lambda,
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_with_config(build_parser(), argv)
     out = setup_run(args, NAME)
     dev = torch.device(args.device)
+    clock = Clock(args.max_minutes)
     split = load_demo_split(args.world, max_train=args.max_train_images, progress=not args.no_progress)
     cfg = model_config(args)
     cfg["vision_cfg"]["image_size"] = int(split.train_images.shape[1])
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     no_decay = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in name)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.steps, clock))
     data_rng = torch.Generator().manual_seed(args.seed + 1)
     model.train()
 
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"loss": float(loss.detach()), "scale": float(scale.detach())}
 
     summary = train_loop(args, step_fn=step_fn, modules={"model": model}, optimizers={"opt": opt,
-                         "sched": sched}, data_rng=data_rng, desc="tiny-clip")
+                         "sched": sched}, clock=clock, data_rng=data_rng, desc="tiny-clip")
     model.eval().cpu()
     if args.fp16:
         model_to_save = copy.deepcopy(model).half()

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    Clock,
     add_common_args,
     default_out,
     load_demo_split,
@@ -60,7 +61,7 @@ SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, be
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(ap, name=NAME, steps=2000, batch_size=64, lr=5e-4)
+    add_common_args(ap, name=NAME, steps=1500, batch_size=32, lr=5e-4)
     ap.add_argument("--clip", type=Path, default=None, help="tiny CLIP folder (default $MINDEYE_CACHE/demo_models/tiny-clip)")
     ap.add_argument("--vae", type=Path, default=None, help="tiny VAE folder (default $MINDEYE_CACHE/demo_models/tiny-vae)")
     ap.add_argument("--channels", type=int, nargs="+", default=None, help="UNet block_out_channels")
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_with_config(build_parser(), argv)
     out = setup_run(args, NAME)
     dev = torch.device(args.device)
+    clock = Clock(args.max_minutes)
     clip_dir = Path(args.clip) if args.clip else default_out("tiny-clip")
     vae_dir = Path(args.vae) if args.vae else default_out("tiny-vae")
     split = load_demo_split(args.world, max_train=args.max_train_images, progress=not args.no_progress)
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tiny generator UNet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters, {n} images, "
           f"batch {bs}, {args.steps} steps, latent std {latents.std():.3f}, device {dev}")
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.steps, clock))
     data_rng = torch.Generator().manual_seed(args.seed + 4)
     unet.train()
 
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if ema is not None:
         modules["ema"] = ema
     summary = train_loop(args, step_fn=step_fn, modules=modules, optimizers={"opt": opt, "sched": sched},
-                         data_rng=data_rng, desc="tiny-generator")
+                         clock=clock, data_rng=data_rng, desc="tiny-generator")
     final = (ema if ema is not None else unet).eval().cpu()
     vae = vae_enc.vae.cpu()
     unipc = UniPCMultistepScheduler(**{k: v for k, v in SCHEDULE.items()})

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    Clock,
     add_common_args,
     load_demo_split,
     lr_lambda,
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_with_config(build_parser(), argv)
     out = setup_run(args, NAME)
     dev = torch.device(args.device)
+    clock = Clock(args.max_minutes)
     split = load_demo_split(args.world, max_train=args.max_train_images, progress=not args.no_progress)
     cfg = vae_config(args, int(split.train_images.shape[1]))
     vae = AutoencoderKL(**cfg).to(dev)
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tiny VAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, {n} training images, "
           f"batch {bs}, {args.steps} steps, device {dev}")
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.steps, clock))
     data_rng = torch.Generator().manual_seed(args.seed + 2)
     noise_rng = torch.Generator().manual_seed(args.seed + 3)
     vae.train()
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"l1": float(l1.detach()), "kl": float(kl.detach())}
 
     summary = train_loop(args, step_fn=step_fn, modules={"vae": vae}, optimizers={"opt": opt, "sched": sched},
-                         data_rng=data_rng, desc="tiny-vae")
+                         clock=clock, data_rng=data_rng, desc="tiny-vae")
     vae.eval()
     std = latent_std(vae, to_float_images(split.train_images[:2000]))
     vae.register_to_config(scaling_factor=1.0 / std)

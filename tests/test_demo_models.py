@@ -1,0 +1,238 @@
+"""Tiny demo-world models: training scripts (2-3 real steps on a tiny world), resume, library loaders,
+shipped assets and their error messages."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mindeye_core import demo_models
+from mindeye_core.errors import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+
+import common  # noqa: E402
+import evaluate_demo_models  # noqa: E402
+import train_tiny_clip  # noqa: E402
+import train_tiny_generator  # noqa: E402
+import train_tiny_vae  # noqa: E402
+
+torch.set_num_threads(1)
+
+FAST = ["--threads", "1", "--no-progress", "--warmup", "1"]
+CLIP_TINY = ["--width", "32", "--vision-layers", "1", "--text-layers", "1", "--embed-dim", "16", "--batch-size", "8"]
+VAE_TINY = ["--channels", "8", "16", "16", "--batch-size", "4"]
+GEN_TINY = ["--channels", "32", "32", "--batch-size", "4", "--eval-n", "2"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mindeye_core.data.demo import DemoWorldConfig, generate_demo_world
+
+    cfg = DemoWorldConfig.small(image_size=32, supersample=2, n_test_images=12, n_train_images=16, voxels=(14, 14),
+                                trials_per_session=20)
+    return generate_demo_world(tmp_path_factory.mktemp("tinyworld") / "world", cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with tiny-clip/, tiny-vae/, tiny-generator/ written by the three scripts."""
+    root = tmp_path_factory.mktemp("models")
+    ck = tmp_path_factory.mktemp("ck")
+    assert train_tiny_clip.main(["--world", str(world), "--out", str(root / "tiny-clip"), "--steps", "2",
+                                 "--ckpt-dir", str(ck / "c"), *FAST, *CLIP_TINY]) == 0
+    assert train_tiny_vae.main(["--world", str(world), "--out", str(root / "tiny-vae"), "--steps", "2",
+                                "--ckpt-dir", str(ck / "v"), *FAST, *VAE_TINY]) == 0
+    assert train_tiny_generator.main(["--world", str(world), "--clip", str(root / "tiny-clip"), "--vae",
+                                      str(root / "tiny-vae"), "--out", str(root / "tiny-generator"), "--steps", "2",
+                                      "--ckpt-dir", str(ck / "g"), "--fp16", *FAST, *GEN_TINY]) == 0
+    return root
+
+
+# ------------------------------------------------------------------------------ training scripts
+def test_scripts_write_loadable_models(trained: Path) -> None:
+    clip = demo_models.load_demo_clip("hidden", root=trained)
+    assert clip.target_shape == (17, 16)  # 32 px / patch 8 -> 16 patches + CLS, embed 16
+    x = torch.rand(2, 3, 32, 32)
+    h = clip.encode(x)
+    torch.testing.assert_close(h[:, 0].norm(dim=-1), torch.ones(2))
+    assert demo_models.load_demo_clip("final", root=trained).encode(x).shape == (2, 16)
+    model, tok = demo_models.load_demo_clip_model(root=trained)
+    assert model.encode_text(tok(["a red star"])).shape == (1, 16)
+
+    vae = demo_models.load_demo_vae(root=trained)
+    assert vae.target_shape == (4, 16, 16)  # demo image size is 64; encoder resizes 32 px input
+    gen = demo_models.load_demo_generator(root=trained)
+    assert gen.embedding_shape == (17, 16)
+    assert gen.unet.dtype == torch.float32  # stored as fp16 (--fp16), loaded as fp32
+    out = gen.generate(h, steps=2, seed=0)
+    assert out.shape == (2, 1, 3, 32, 32)
+    assert 0 <= float(out.min()) and float(out.max()) <= 1
+    summary = json.loads((trained / "tiny-generator" / "training_summary.json").read_text())
+    assert summary["steps_run"] == 2 and 0 <= summary["metrics"]["two_way_identification_clip"] <= 1
+
+
+def test_vae_scaling_factor_gives_unit_variance_latents(trained: Path, world: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    from mindeye_core.encoders import VaeLatentEncoder
+
+    split = common.load_demo_split(world)
+    vae = AutoencoderKL.from_pretrained(str(trained / "tiny-vae"))
+    assert vae.config.scaling_factor != pytest.approx(0.18215)
+    enc = VaeLatentEncoder(vae, image_size=32)
+    with torch.no_grad():
+        z = enc.encode(common.to_float_images(split.train_images))
+    assert float(z.std()) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_clip_resume_continues_exactly(world: Path, tmp_path: Path) -> None:
+    """2 steps + resume to 3 steps gives the same weights as 3 steps in one go."""
+    from safetensors.torch import load_file
+
+    args = ["--world", str(world), "--ckpt-every", "1", *FAST, *CLIP_TINY]
+    assert train_tiny_clip.main([*args, "--out", str(tmp_path / "a"), "--steps", "3"]) == 0
+    assert train_tiny_clip.main([*args, "--out", str(tmp_path / "b"), "--steps", "2"]) == 0
+    assert (tmp_path / "b" / "checkpoint" / "checkpoint.pt").is_file()
+    assert train_tiny_clip.main([*args, "--out", str(tmp_path / "b"), "--steps", "3", "--resume"]) == 0
+    summary = json.loads((tmp_path / "b" / "training_summary.json").read_text())
+    assert summary["steps_run"] == 1 and summary["final_step"] == 3
+    wa = load_file(str(tmp_path / "a" / "open_clip_model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "open_clip_model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+
+
+def test_time_budget_stops_early_and_still_writes_weights(world: Path, tmp_path: Path) -> None:
+    out = tmp_path / "vae"
+    assert train_tiny_vae.main(["--world", str(world), "--out", str(out), "--steps", "50", "--max-minutes", "0",
+                                *FAST, *VAE_TINY]) == 0
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["stopped_by_time"] is True and summary["steps_run"] == 0
+    assert (out / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_checkpoint_for_other_model_is_rejected(tmp_path: Path) -> None:
+    ck = common.Checkpointer(tmp_path)
+    rng = torch.Generator().manual_seed(0)
+    a = torch.nn.Linear(3, 4)
+    ck.save(5, {"m": a}, {}, rng)
+    step, _ = ck.load({"m": torch.nn.Linear(3, 4)}, {}, rng)
+    assert step == 5
+    with pytest.raises(CheckpointError, match="module 'm' does not match"):
+        ck.load({"m": torch.nn.Linear(3, 5)}, {}, rng)
+    with pytest.raises(CheckpointError, match=r"lacks state for \['other'\]"):
+        ck.load({"other": a}, {}, rng)
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        common.Checkpointer(tmp_path / "none").load({"m": a}, {}, rng)
+
+
+def test_yaml_config_sets_defaults_and_flags_win(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("steps: 7\nbatch-size: 5\n")
+    args = common.parse_with_config(train_tiny_vae.build_parser(), ["--config", str(cfg), "--steps", "9"])
+    assert args.steps == 9 and args.batch_size == 5
+    cfg.write_text("stepz: 7\n")
+    with pytest.raises(ValueError, match="unknown option 'stepz'"):
+        common.parse_with_config(train_tiny_vae.build_parser(), ["--config", str(cfg)])
+
+
+def test_lr_schedule_follows_steps_or_time() -> None:
+    f = common.lr_lambda(warmup=10, total=110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.05 + 0.95 * 0.5)  # half-way through the cosine
+    assert f(110) == pytest.approx(0.05)
+    clock = common.Clock(max_minutes=0)  # budget spent at once -> fully decayed after warm-up
+    assert common.lr_lambda(10, 110, clock)(20) == pytest.approx(0.05)
+
+
+def test_grid_and_psnr(tmp_path: Path) -> None:
+    from PIL import Image
+
+    a = torch.rand(3, 3, 8, 8)
+    assert torch.isinf(evaluate_demo_models.psnr(a, a)).sum() == 0  # MSE floor, no inf
+    b = (a + 0.1).clamp(0, 1)
+    mse = ((a - b) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(evaluate_demo_models.psnr(a, b), 10 * torch.log10(1 / mse))
+    p = evaluate_demo_models.save_grid(a, b, tmp_path / "g.png", scale=1)
+    assert Image.open(p).size == (3 * (8 + 2) + 2, 2 * 8 + 3 * 2)
+
+
+def test_zero_shot_prompts_follow_the_caption_grammar() -> None:
+    from mindeye_core.data.demo import CATEGORIES, COLOUR_NAMES
+
+    prompts = evaluate_demo_models.zero_shot_prompts(4, field="category")
+    assert len(prompts) == 4 * len(CATEGORIES)
+    assert all(f" {CATEGORIES[i // 4]} at the " in p for i, p in enumerate(prompts))
+    colours = evaluate_demo_models.zero_shot_prompts(3, field="colour")
+    assert all(p.split()[2] == COLOUR_NAMES[i // 3] for i, p in enumerate(colours))
+
+
+# ------------------------------------------------------------------------------ loaders / errors
+def test_missing_model_names_the_expected_path(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=str(tmp_path / "tiny-clip") + ".*train_tiny_clip.py"):
+        demo_models.load_demo_clip(root=tmp_path)
+    (tmp_path / "tiny-vae").mkdir()
+    (tmp_path / "tiny-vae" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=str(tmp_path / "tiny-vae" / "diffusion_pytorch_model.safetensors")):
+        demo_models.load_demo_vae(root=tmp_path)
+    with pytest.raises(CheckpointError, match=str(tmp_path / "tiny-generator")):
+        demo_models.load_demo_generator(root=tmp_path)
+    with pytest.raises(ValueError, match="unknown demo model"):
+        demo_models.demo_model_path("tiny-unet", tmp_path)
+
+
+def test_models_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MINDEYE_DEMO_MODELS", raising=False)
+    assert demo_models.demo_models_dir() == ROOT / "assets" / "demo_models"
+    monkeypatch.setenv("MINDEYE_DEMO_MODELS", str(tmp_path))
+    assert demo_models.demo_models_dir() == tmp_path
+    assert demo_models.demo_models_dir(tmp_path / "x") == tmp_path / "x"
+
+
+# ------------------------------------------------------------------------------ shipped assets
+SHIPPED = ROOT / "assets" / "demo_models"
+
+
+def _shipped(name: str) -> None:
+    if not (SHIPPED / name).is_dir():
+        pytest.skip(f"{SHIPPED / name} not shipped in this checkout")
+
+
+def test_shipped_assets_fit_the_size_budget() -> None:
+    if not SHIPPED.is_dir():
+        pytest.skip("no shipped demo models")
+    total = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
+    assert total < 40e6, f"assets/demo_models holds {total / 1e6:.1f} MB (budget 40 MB)"
+
+
+def test_shipped_clip_and_vae_have_declared_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MINDEYE_DEMO_MODELS", raising=False)
+    _shipped("tiny-clip")
+    _shipped("tiny-vae")
+    x = torch.rand(2, 3, 64, 64)
+    hidden = demo_models.load_demo_clip("hidden")
+    assert hidden.target_shape == demo_models.DEMO_CLIP_HIDDEN_SHAPE
+    assert hidden.encode(x).shape == (2, *demo_models.DEMO_CLIP_HIDDEN_SHAPE)
+    assert demo_models.load_demo_clip("final").target_shape == demo_models.DEMO_CLIP_FINAL_SHAPE
+    vae = demo_models.load_demo_vae()
+    assert vae.target_shape == demo_models.DEMO_VAE_LATENT_SHAPE
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(x))
+    assert rec.shape == x.shape
+
+
+def test_shipped_generator_has_declared_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MINDEYE_DEMO_MODELS", raising=False)
+    _shipped("tiny-generator")
+    gen = demo_models.load_demo_generator()
+    assert gen.embedding_shape == demo_models.DEMO_CLIP_HIDDEN_SHAPE
+    assert gen.image_size == demo_models.DEMO_IMAGE_SIZE
+    emb = torch.randn(1, *demo_models.DEMO_CLIP_HIDDEN_SHAPE)
+    assert gen.generate(emb, steps=2).shape == (1, 1, 3, 64, 64)

@@ -365,3 +365,17 @@ def test_load_official_brain_checkpoint(tmp_path) -> None:
     torch.save({"model_state_dict": {"net.x": torch.zeros(1)}}, tmp_path / "prior_only.pth")
     with pytest.raises(CheckpointError, match="no MindEye BrainNetwork tensors"):
         load_official_brain_checkpoint(tmp_path / "prior_only.pth")
+
+
+def test_demo_variants_match_the_demo_world_and_shipped_tiny_models() -> None:
+    from mindeye_core.demo_models import DEMO_CLIP_FINAL_SHAPE, DEMO_CLIP_HIDDEN_SHAPE, DEMO_VAE_LATENT_SHAPE
+    from mindeye_core.data.demo import DemoWorldConfig
+
+    n_vox = DemoWorldConfig().voxels[0]
+    voxels = torch.zeros(2, n_vox)
+    high = create_model("demo-highlevel").eval()
+    assert tuple(high(voxels)[0].shape[1:]) == DEMO_CLIP_HIDDEN_SHAPE
+    final = create_model("demo-1x").eval()
+    assert tuple(final(voxels)[0].shape[2:]) == DEMO_CLIP_FINAL_SHAPE
+    low = create_model("demo-lowlevel").eval()
+    assert tuple(low(voxels)[0].shape[1:]) == DEMO_VAE_LATENT_SHAPE

@@ -6,15 +6,16 @@ name               class                  what
 ``nsd-257x768``    MindEyeHighLevel       MindEye for Versatile Diffusion: CLIP ViT-L/14 hidden tokens
 ``nsd-1x768``      MindEyeHighLevel       final-layer CLIP (SD image variations / LAION retrieval)
 ``nsd-lowlevel``   LowLevelModel          voxels -> 4 x 64 x 64 SD VAE latents + VICRegL features
-``demo-highlevel`` MindEyeHighLevel       demo world with tiny CLIP: 17 x 64 tokens, width 512
-``demo-1x``        MindEyeHighLevel       demo world, final tiny-CLIP embedding (1 x 64)
-``demo-lowlevel``  LowLevelModel          demo world: 8 x 8 map -> 4 x 32 x 32 latents
+``demo-highlevel`` MindEyeHighLevel       demo world, tiny-CLIP hidden tokens (65 x 128), width 512
+``demo-1x``        MindEyeHighLevel       demo world, final tiny-CLIP embedding (1 x 128)
+``demo-lowlevel``  LowLevelModel          demo world: 4 x 4 map -> 4 x 16 x 16 tiny-VAE latents
 ``test-*``         (tiny)                 for unit tests; build in milliseconds
 =================  =====================  ==========================================================
 
 NSD variants default to subject 1 (15,724 voxels); pass ``n_voxels=NSD_VOXELS["subj02"]`` etc. for the
-other subjects. Demo variants are starting points: set ``n_voxels``, ``n_tokens`` and ``dim`` to the
-demo dataset and tiny encoder actually used (overrides are validated against the class signature).
+other subjects. Demo variants match the shipped tiny models (:mod:`mindeye_core.demo_models`) and default
+to the demo world's subj01 (2,300 voxels); pass ``n_voxels=`` for the other subjects (overrides are
+validated against the class signature).
 
 For ``nsd-1x768`` the official code fine-tuned a DALL-E 2 prior pre-trained on LAION-Aesthetics
 (1000 steps, prior loss weight 0.03); here the prior is trained from scratch with the same 1000
@@ -59,17 +60,17 @@ _VARIANTS: Mapping[str, tuple[type[ConfigModule], Mapping[str, Any]]] = MappingP
         "nsd-lowlevel": (LowLevelModel, {}),
         "demo-1x": (
             MindEyeHighLevel,
-            {"n_voxels": 2000, "hidden": 512, "n_tokens": 1, "dim": 64, "proj_hidden": 256,
+            {"n_voxels": 2300, "hidden": 512, "n_tokens": 1, "dim": 128, "proj_hidden": 256,
              "prior_depth": 2, "prior_heads": 4, "prior_dim_head": 16},
         ),
         "demo-highlevel": (
             MindEyeHighLevel,
-            {"n_voxels": 2000, "hidden": 512, "n_tokens": 17, "dim": 64, "proj_hidden": 256,
+            {"n_voxels": 2300, "hidden": 512, "n_tokens": 65, "dim": 128, "proj_hidden": 256,
              "prior_depth": 2, "prior_heads": 4, "prior_dim_head": 16},
         ),
         "demo-lowlevel": (
             LowLevelModel,
-            {"n_voxels": 2000, "hidden": 512, "latent_channels": 32, "latent_size": 8,
+            {"n_voxels": 2300, "hidden": 512, "latent_channels": 32, "latent_size": 4,
              "block_out_channels": [32, 64, 128], "norm_num_groups": 16, "proj_dim": 128},
         ),
         "test-highlevel": (

@@ -111,7 +111,7 @@ def test_clip_resume_continues_exactly(world: Path, tmp_path: Path) -> None:
 
 def test_time_budget_stops_early_and_still_writes_weights(world: Path, tmp_path: Path) -> None:
     out = tmp_path / "vae"
-    assert train_tiny_vae.main(["--world", str(world), "--out", str(out), "--steps", "50", "--max-minutes", "0",
+    assert train_tiny_vae.main(["--world", str(world), "--out", str(out), "--steps", "50", "--max-minutes", "1e-9",
                                 *FAST, *VAE_TINY]) == 0
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["stopped_by_time"] is True and summary["steps_run"] == 0
@@ -148,8 +148,10 @@ def test_lr_schedule_follows_steps_or_time() -> None:
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.05 + 0.95 * 0.5)  # half-way through the cosine
     assert f(110) == pytest.approx(0.05)
-    clock = common.Clock(max_minutes=0)  # budget spent at once -> fully decayed after warm-up
-    assert common.lr_lambda(10, 110, clock)(20) == pytest.approx(0.05)
+    clock = common.Clock(max_minutes=1e-9)  # budget spent at once -> fully decayed after warm-up
+    assert clock.spent() and common.lr_lambda(10, 110, clock)(20) == pytest.approx(0.05)
+    assert not common.Clock(max_minutes=0).spent()  # 0 = no budget
+    assert common.lr_lambda(10, 110, common.Clock(0))(60) == pytest.approx(0.05 + 0.95 * 0.5)
 
 
 def test_grid_and_psnr(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ from torchvision.transforms import InterpolationMode
 
 from ..errors import CheckpointError, ConfigMismatchError, DataFormatError
 from .base import ImageEncoder, freeze, resolve_local_source
+from ..normalization import CLIP_MEAN, CLIP_STD
 
 __all__ = [
     "CLIP_MEAN",
@@ -52,8 +53,6 @@ __all__ = [
     "save_open_clip_folder",
 ]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 OPENAI_CLIP_VIT_L14 = "openai/clip-vit-large-patch14"
 VERSATILE_DIFFUSION_REPO = "shi-labs/versatile-diffusion"
 

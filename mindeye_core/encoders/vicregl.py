@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, DataFormatError
 from .base import ImageEncoder, freeze
+from ..normalization import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -44,8 +45,6 @@ __all__ = [
     "convnext_standin",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 VICREGL_HUB_REPO = "facebookresearch/VICRegL"
 VICREGL_URL = "https://dl.fbaipublicfiles.com/vicregl/{name}.pth"
 VICREGL_DIMS = {"convnext_small": 768, "convnext_base": 1024, "convnext_xlarge": 2048}

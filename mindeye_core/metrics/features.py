@@ -48,11 +48,8 @@ from torchvision.transforms import functional as TF
 
 from ..errors import MindEyeError
 from .lowlevel import PAPER_PRE_RESIZE, ImageBatch, resize
+from ..normalization import IMAGENET_MEAN, IMAGENET_STD, CLIP_MEAN, CLIP_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 WeightsKind = Literal["pretrained", "random", "tiny"]
 

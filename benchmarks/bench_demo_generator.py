@@ -17,25 +17,8 @@ import time
 
 import torch
 
-from mindeye_core.demo_models import DEMO_CLIP_HIDDEN_SHAPE, load_demo_generator
-
-
-def time_generate(gen, batch: int, n_samples: int, steps: int, strength: float, repeats: int, device: str) -> float:
-    """Best-of-``repeats`` wall seconds per image of ``gen.generate``."""
-    emb = torch.randn(batch, *DEMO_CLIP_HIDDEN_SHAPE)
-    emb = emb / emb[:, :1].norm(dim=-1, keepdim=True)
-    init = torch.rand(batch, 3, gen.image_size, gen.image_size) if strength > 0 else None
-    gen.generate(emb, init_images=init, strength=strength, n_samples=n_samples, steps=min(2, steps))  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        gen.generate(emb, init_images=init, strength=strength, n_samples=n_samples, steps=steps, seed=1)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best / (batch * n_samples)
+from bench_generators import time_one  # same timing loop (run as a script: benchmarks/ is on sys.path)
+from mindeye_core.demo_models import load_demo_generator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     for th in threads:
         torch.set_num_threads(th)
         for batch, n, s in settings:
-            sec = time_generate(gen, batch, n, steps, s, repeats, args.device)
+            sec = time_one(gen, batch, n, steps, s, repeats, args.device)
             run = steps if s == 0 else round((1 - s) * steps)
             print(f"| {th} | {batch} x {n} | {s} | {run} | {sec:.3f} |")
     return 0

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from ..errors import DataFormatError
+from ..errors import ConfigMismatchError, DataFormatError
 
 __all__ = ["Generator", "check_strength", "img2img_steps", "check_embeddings"]
 
@@ -69,6 +69,16 @@ class Generator(ABC):
     image_size: int
     default_steps: int = 20
     default_guidance: float = 3.5
+
+    def check_embedding_shape(self, expected: tuple[int, ...] | None, *, where: str) -> None:
+        """Raise :class:`ConfigMismatchError` unless ``expected`` (if given) equals :attr:`embedding_shape`.
+
+        Args:
+            expected: the ``(T, D)`` a caller (e.g. a brain model's config) will feed, or ``None`` (no check).
+            where: what was loaded, for the message (e.g. ``"generator in /path"``).
+        """
+        if expected is not None and self.embedding_shape != tuple(expected):
+            raise ConfigMismatchError(f"{where} takes embeddings {self.embedding_shape}, expected {tuple(expected)}")
 
     @abstractmethod
     def generate(

@@ -333,9 +333,5 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         gen = cls(unet, vae, sched, uncond_embedding=uncond, **cfg)
         if device is not None:
             gen = gen.to(device)
-        if expected_embedding_shape is not None and gen.embedding_shape != tuple(expected_embedding_shape):
-            from ..errors import ConfigMismatchError
-
-            raise ConfigMismatchError(f"generator in {folder} takes embeddings {gen.embedding_shape}, "
-                                      f"expected {tuple(expected_embedding_shape)}")
+        gen.check_embedding_shape(expected_embedding_shape, where=f"generator in {folder}")
         return gen

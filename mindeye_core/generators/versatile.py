@@ -30,7 +30,7 @@ import torch
 
 from ..encoders.base import resolve_local_source
 from ..encoders.clip import normalize_by_first_token
-from ..errors import CheckpointError, ConfigMismatchError
+from ..errors import CheckpointError
 from .unet_variation import GENERATOR_CONFIG, UNetVariationGenerator
 
 __all__ = [
@@ -140,9 +140,7 @@ class VersatileDiffusionGenerator(UNetVariationGenerator):
         gen = cls(unet, vae, sched, n_tokens=n_tokens, **kwargs)
         if device is not None:
             gen = gen.to(device)
-        if expected_embedding_shape is not None and gen.embedding_shape != tuple(expected_embedding_shape):
-            raise ConfigMismatchError(f"Versatile Diffusion in {folder} takes embeddings {gen.embedding_shape}, "
-                                      f"expected {tuple(expected_embedding_shape)}")
+        gen.check_embedding_shape(expected_embedding_shape, where=f"Versatile Diffusion in {folder}")
         return gen
 
     @classmethod

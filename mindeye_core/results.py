@@ -37,7 +37,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 
 from .errors import DataFormatError
+from .staging import discard_partial, partial_path, publish_partial, start_partial
 from .metrics.retrieval import full_set_ranks, normalise_embeddings
 
 FORMAT_NAME = "mindeye-results"
@@ -108,7 +108,6 @@ class ResultsWriter:
 
     def __init__(self, root: str | Path, *, strengths: Sequence[float], world: str, dataset: str = "", overwrite: bool = False) -> None:
         self.root = Path(root)
-        self.partial = self.root.with_name(self.root.name + ".partial")
         if self.root.exists() and not overwrite:
             raise DataFormatError(f"results bundle already exists: {self.root} (pass overwrite=True to replace it)")
         strengths = [float(s) for s in strengths]
@@ -121,9 +120,7 @@ class ResultsWriter:
         self.dataset = dataset
         self.overwrite = overwrite
         self.subjects: dict[str, dict[str, Any]] = {}
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
-        self.partial.mkdir(parents=True)
+        self.partial = start_partial(self.root)
         self._done = False
 
     def add_subject(
@@ -219,17 +216,13 @@ class ResultsWriter:
             "metadata": dict(metadata or {}),
             "subjects": self.subjects,
         }
-        (self.partial / MANIFEST_NAME).write_text(json.dumps(_json_safe(manifest), indent=2) + "\n")
-        if self.root.exists():
-            shutil.rmtree(self.root)
-        self.partial.rename(self.root)
+        publish_partial(self.root, MANIFEST_NAME, json.dumps(_json_safe(manifest), indent=2) + "\n")
         self._done = True
         return self.root
 
     def abort(self) -> None:
         """Delete the partial folder."""
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
+        discard_partial(self.root)
         self._done = True
 
     def __enter__(self) -> ResultsWriter:
@@ -369,7 +362,7 @@ def read_results_manifest(root: str | Path) -> dict[str, Any]:
     root = Path(root)
     path = root / MANIFEST_NAME
     if not path.is_file():
-        partial = root.with_name(root.name + ".partial")
+        partial = partial_path(root)
         hint = f" ({partial} exists: the write was interrupted)" if partial.exists() else ""
         raise DataFormatError(f"not a results bundle: missing {path}{hint}")
     try:

@@ -22,7 +22,6 @@ need to fit in memory; test betas are averaged over repetitions on demand (a few
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -31,6 +30,7 @@ import h5py
 import numpy as np
 
 from ..errors import DataFormatError
+from ..staging import discard_partial, publish_partial, start_partial
 
 FORMAT_NAME = "mindeye-dataset"
 FORMAT_VERSION = 1
@@ -146,13 +146,10 @@ class DatasetWriter:
 
     def __init__(self, root: str | Path, *, name: str, world: str, overwrite: bool = False, betas_dtype: Any = np.float32) -> None:
         self.root = Path(root)
-        self.partial = self.root.with_name(self.root.name + ".partial")
         if self.root.exists():
             if not overwrite:
                 raise FileExistsError(f"dataset folder already exists: {self.root} (pass overwrite=True to replace it)")
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
-        self.partial.mkdir(parents=True)
+        self.partial = start_partial(self.root)
         self.name = name
         self.world = world
         self.overwrite = overwrite
@@ -267,10 +264,7 @@ class DatasetWriter:
             "subjects": subjects_meta,
             "metadata": metadata or {},
         }
-        (self.partial / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if self.root.exists():
-            shutil.rmtree(self.root)
-        self.partial.rename(self.root)
+        publish_partial(self.root, MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         self._finalized = True
         return self.root
 
@@ -281,8 +275,7 @@ class DatasetWriter:
                 f.close()
         if self._images is not None and self._images.id.valid:
             self._images.close()
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
+        discard_partial(self.root)
 
     def __enter__(self) -> DatasetWriter:
         return self

@@ -1,7 +1,8 @@
 """The ``mindeye`` command line.
 
 Each sub-command lives next to the code it drives and exposes ``register(subparsers)``; this module
-only lists them. Sub-command modules are imported lazily so ``mindeye --help`` stays fast.
+only lists them. They are imported when the parser is built (not at ``import mindeye_core.cli``); that
+pulls in torch, so even ``mindeye --help`` takes a few seconds.
 """
 
 from __future__ import annotations

@@ -120,14 +120,9 @@ def load_demo_clip_model(root: str | Path | None = None, device: str | torch.dev
         ``model.encode_image`` takes CLIP-normalised ``(B, 3, 64, 64)`` pixels (use
         :func:`mindeye_core.encoders.clip_preprocess`); ``model.encode_text`` takes the token ids.
     """
-    import open_clip
+    from .encoders import load_open_clip_folder
 
-    folder = demo_model_path(DEMO_CLIP, root)
-    try:
-        model = open_clip.create_model(f"local-dir:{folder}", device=device)
-        tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-    except (OSError, RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"could not load the tiny CLIP from {folder}: {exc}") from exc
+    model, tokenizer = load_open_clip_folder(demo_model_path(DEMO_CLIP, root), device=device)
     return model.float().eval(), tokenizer
 
 

@@ -10,12 +10,15 @@ import torch
 
 from mindeye_core.encoders import (
     ClipVisionEncoder,
+    ConvStem,
     ImageEncoder,
     OpenClipEncoder,
     VaeLatentEncoder,
     check_images,
+    build_open_clip_model,
     clip_preprocess,
     convnext_standin,
+    load_open_clip_folder,
     load_vicregl_checkpoint,
     load_vicregl_hub,
     normalize_by_first_token,
@@ -214,6 +217,46 @@ def test_open_clip_missing_weights(tmp_path: Path) -> None:
         OpenClipEncoder.from_pretrained(folder)
     with pytest.raises(CheckpointError, match=str(tmp_path / "absent")):
         OpenClipEncoder.from_pretrained(tmp_path / "absent")
+
+
+def test_conv_stem_open_clip_round_trip(tmp_path: Path) -> None:
+    """A conv-stem image tower keeps the token grid, is saved with its stem channels and loads back
+    bit-exactly (encoder and full model + tokenizer) through load_open_clip_folder."""
+    import json
+
+    torch.manual_seed(0)
+    cfg = _tiny_open_clip_cfg()
+    model = build_open_clip_model(cfg, conv_stem=[8, 16, 16]).eval()
+    assert isinstance(model.visual.conv1, ConvStem)
+    x = images(2, 32)
+    assert model.visual.conv1(clip_preprocess(x, 32)).shape == (2, 32, 4, 4)  # same grid as patch 8
+    folder = save_open_clip_folder(model, tmp_path / "stem-clip", cfg, conv_stem=[8, 16, 16])
+    saved = json.loads((folder / "open_clip_config.json").read_text())
+    assert saved["conv_stem"] == [8, 16, 16] and len(saved["preprocess_cfg"]["mean"]) == 3
+    enc = OpenClipEncoder.from_pretrained(folder, target="hidden", normalize=False)
+    assert enc.target_shape == (17, 16)
+    with torch.no_grad():
+        ref = model.encode_image(clip_preprocess(x, 32))
+    torch.testing.assert_close(enc.encode(x)[:, 0], ref, atol=1e-5, rtol=1e-5)
+    loaded, tok = load_open_clip_folder(folder)
+    assert not loaded.training
+    assert tok(["a red star"]).shape == (1, 16)  # the text config's context length
+    with torch.no_grad():
+        t = torch.randint(0, 100, (2, 16))  # the tiny config's vocabulary has 100 ids
+        torch.testing.assert_close(loaded.encode_text(t), model.encode_text(t), atol=0, rtol=0)
+    # weights of a linear-patch model do not fit a conv-stem config: a clear error, not a silent mismatch
+    plain = tmp_path / "plain"
+    save_open_clip_folder(build_open_clip_model(cfg), plain, cfg)
+    (plain / "open_clip_config.json").write_text(json.dumps({**saved, "conv_stem": [8, 16, 16]}))
+    with pytest.raises(CheckpointError, match="conv1"):
+        load_open_clip_folder(plain)
+
+
+def test_conv_stem_rejects_a_stage_count_that_misses_the_patch_size() -> None:
+    with pytest.raises(ConfigMismatchError, match="log2"):
+        ConvStem([8, 16], width=32, patch_size=8)
+    with pytest.raises(ConfigMismatchError, match="multiples of 8"):
+        ConvStem([8, 12, 16], width=32, patch_size=8)
 
 
 # -------------------------------------------------------------------------------------- VAE

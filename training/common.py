@@ -124,6 +124,7 @@ class DemoSplit:
         test_captions: ``N_test`` captions.
         test_rows: ``(N_test,)`` rows of the test images in the dataset (for labels).
         root: the world folder.
+        train_rows: ``(N_train,)`` rows of the training images in the dataset (for labels).
     """
 
     train_images: np.ndarray
@@ -132,6 +133,7 @@ class DemoSplit:
     test_captions: list[str]
     test_rows: np.ndarray
     root: Path
+    train_rows: np.ndarray
 
 
 def load_demo_split(world: Path | None, *, max_train: int | None = None, progress: bool = True) -> DemoSplit:
@@ -163,7 +165,7 @@ def load_demo_split(world: Path | None, *, max_train: int | None = None, progres
     return DemoSplit(
         train_images=np.asarray(ds.images(train_rows)), train_captions=[caps[i] for i in train_rows],
         test_images=np.asarray(ds.images(test_rows)), test_captions=[caps[i] for i in test_rows],
-        test_rows=test_rows, root=world,
+        test_rows=test_rows, root=world, train_rows=train_rows,
     )
 
 

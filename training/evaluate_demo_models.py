@@ -80,6 +80,15 @@ def zero_shot_prompts(per_class: int = 64, seed: int = 0, field: str = "category
 
 
 @torch.no_grad()
+def zero_shot_classifier(model: Any, field: str = "category", per_class: int = 64) -> torch.Tensor:
+    """Class embeddings ``(n_classes, D)`` for zero-shot classification of ``field``: the L2-normalised
+    mean of the normalised text embeddings of :func:`zero_shot_prompts` (CLIP's prompt ensembling)."""
+    prompts = zero_shot_prompts(per_class, field=field)
+    feats = clip_text_features(model, prompts)
+    return F.normalize(feats.view(len(prompts) // per_class, per_class, -1).mean(1), dim=-1)
+
+
+@torch.no_grad()
 def evaluate_clip(model: Any, split: DemoSplit, *, batch: int = 200, per_category: int = 64) -> dict[str, float]:
     """Zero-shot category accuracy and image <-> caption top-1 retrieval on the test images."""
     from mindeye_core.data.demo import CATEGORIES, load_demo_labels
@@ -91,9 +100,8 @@ def evaluate_clip(model: Any, split: DemoSplit, *, batch: int = 200, per_categor
     single = n_obj == 1
     res: dict[str, float] = {}
     for field in _FIELDS:
-        prompts = zero_shot_prompts(per_category, field=field)
-        n_cls = len(prompts) // per_category
-        txt = F.normalize(clip_text_features(model, prompts).view(n_cls, per_category, -1).mean(1), dim=-1)
+        txt = zero_shot_classifier(model, field, per_category)
+        n_cls = txt.shape[0]
         p = (img @ txt.T).argmax(1).numpy()
         truth = getattr(labels, field)[split.test_rows]
         if field != "category":
@@ -151,7 +159,13 @@ def evaluate_generator(generator: Any, clip_model: Any, split: DemoSplit, *, n: 
                        guidance: float | None = None, seed: int = 0, batch: int = 25,
                        grid_path: Path | None = None, grid_n: int = 8) -> dict[str, float]:
     """Generate from the ground-truth hidden tiny-CLIP embeddings of the first ``n`` test images and
-    score with 2-way identification on the tiny CLIP's final embedding."""
+    score with 2-way identification on the tiny CLIP's final embedding.
+
+    When ``clip_model`` is the full tiny CLIP (with a text tower), also reports silhouettes: the tiny CLIP's
+    zero-shot category (see :func:`evaluate_clip`) of the generated vs the ground-truth images among the
+    one-object test scenes (``category_accuracy_generated_single`` / ``..._ground_truth_single``: the latter
+    is the ceiling) and how often the two predictions agree (``category_agreement_single``).
+    """
     from mindeye_core.encoders import OpenClipEncoder
     from mindeye_core.metrics import two_way_identification
 
@@ -167,7 +181,22 @@ def evaluate_generator(generator: Any, clip_model: Any, split: DemoSplit, *, n: 
     ident = two_way_identification(f_gt.numpy(), f_gen.numpy())
     if grid_path is not None:
         save_grid(x[:grid_n], gen[:grid_n], grid_path)
-    return {"two_way_identification_clip": float(ident), "n_images": int(n), "steps": int(steps),
+    extra: dict[str, float] = {}
+    if hasattr(clip_model, "encode_text"):
+        from mindeye_core.data.demo import load_demo_labels
+
+        labels = load_demo_labels(split.root)
+        rows = split.test_rows[:n]
+        single = labels.n_objects[rows] == 1
+        txt = zero_shot_classifier(clip_model, "category")
+        p_gt, p_gen = (f_gt @ txt.T).argmax(1).numpy(), (f_gen @ txt.T).argmax(1).numpy()
+        truth = labels.category[rows, 0]
+        if single.any():
+            extra = {"category_accuracy_generated_single": float((p_gen[single] == truth[single]).mean()),
+                     "category_accuracy_ground_truth_single": float((p_gt[single] == truth[single]).mean()),
+                     "category_agreement_single": float((p_gen[single] == p_gt[single]).mean()),
+                     "n_single_object": int(single.sum())}
+    return {"two_way_identification_clip": float(ident), **extra, "n_images": int(n), "steps": int(steps),
             "guidance": float(generator.default_guidance if guidance is None else guidance),
             "psnr_db_vs_ground_truth": float(psnr(gen, x).mean()),
             "seconds_per_image": round(secs / n, 3), "threads": torch.get_num_threads()}

@@ -12,9 +12,14 @@ Stable Diffusion's "scaled_linear" betas from 0.00085 to 0.012 over 1000 steps):
 
     t ~ U{0..999},  eps ~ N(0, I),  z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps
     c' = 0 with probability p_uncond (classifier-free guidance; zeros = the generator's uncond context)
-    L = || eps_theta(z_t, t, c') - eps ||^2
+    L = mean_batch( w_t * mean_latent || eps_theta(z_t, t, c') - eps ||^2 ),  w_t = min(SNR_t, gamma) / SNR_t
 
-An exponential moving average of the weights (decay ``--ema``) is what gets saved. The output folder
+with ``SNR_t = abar_t / (1 - abar_t)`` and ``gamma = --min-snr-gamma`` (5; Min-SNR weighting, Hang et al.
+2023: it down-weights the many nearly-clean timesteps whose gradients conflict with the coarse ones, and
+converges several times faster, which matters on a CPU budget; 0 = plain epsilon MSE).
+
+An exponential moving average of the weights (decay ``--ema``, 0.995: an averaging window of ~200
+steps, short enough for a run of ~1000-1500 CPU steps) is what gets saved. The output folder
 is a :class:`mindeye_core.generators.UNetVariationGenerator` (``unet/``, ``vae/``, ``scheduler/`` with a
 UniPC scheduler on the same betas, ``generator_config.json``), loadable with
 ``UNetVariationGenerator.from_pretrained`` or :func:`mindeye_core.demo_models.load_demo_generator`.
@@ -61,12 +66,14 @@ SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, be
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(ap, name=NAME, steps=1500, batch_size=32, lr=5e-4)
+    add_common_args(ap, name=NAME, steps=1500, batch_size=32, lr=1e-3)
     ap.add_argument("--clip", type=Path, default=None, help="tiny CLIP folder (default $MINDEYE_CACHE/demo_models/tiny-clip)")
     ap.add_argument("--vae", type=Path, default=None, help="tiny VAE folder (default $MINDEYE_CACHE/demo_models/tiny-vae)")
     ap.add_argument("--channels", type=int, nargs="+", default=None, help="UNet block_out_channels")
     ap.add_argument("--p-uncond", type=float, default=0.1, help="condition dropout probability (for CFG)")
-    ap.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights (0 = no EMA)")
+    ap.add_argument("--ema", type=float, default=0.995, help="EMA decay of the saved weights (0 = no EMA)")
+    ap.add_argument("--min-snr-gamma", type=float, default=5.0,
+                    help="Min-SNR loss weight min(SNR, gamma) / SNR per timestep (0 = unweighted epsilon MSE)")
     ap.add_argument("--guidance", type=float, default=3.0, help="default CFG scale stored in the generator")
     ap.add_argument("--eval-n", type=int, default=100, help="test images generated for the evaluation (0 = skip)")
     ap.add_argument("--grid", type=Path, default=None, help="also write the ground truth / generated grid here")
@@ -86,6 +93,17 @@ def unet_config(args: argparse.Namespace, latent_side: int, cross_dim: int) -> d
     cfg["sample_size"] = int(latent_side)
     cfg["cross_attention_dim"] = int(cross_dim)
     return cfg
+
+
+def loss_weight(abar_t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR weights ``min(SNR, gamma) / SNR`` for epsilon prediction; ``abar_t``: ``(B,)`` -> ``(B,)``.
+
+    ``SNR = abar / (1 - abar)``. ``gamma <= 0`` gives ones (plain epsilon MSE).
+    """
+    if gamma <= 0:
+        return torch.ones_like(abar_t)
+    snr = abar_t / (1 - abar_t)
+    return snr.clamp(max=gamma) / snr
 
 
 @torch.no_grad()
@@ -145,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
         pred = unet(zt, t, encoder_hidden_states=c).sample
-        loss = F.mse_loss(pred, eps)
+        per_sample = F.mse_loss(pred, eps, reduction="none").flatten(1).mean(1)  # (B,)
+        loss = (per_sample * loss_weight(abar[t], args.min_snr_gamma)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -176,8 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_n > 0:
         from evaluate_demo_models import evaluate_generator
 
+        from mindeye_core.encoders import load_open_clip_folder
+
         reloaded = UNetVariationGenerator.from_pretrained(out, torch_dtype=torch.float32).to(dev)
-        summary["metrics"] = evaluate_generator(reloaded, clip_enc.visual, split, n=min(args.eval_n, len(split.test_captions)),
+        clip_model = load_open_clip_folder(clip_dir, device=dev)[0].float()
+        summary["metrics"] = evaluate_generator(reloaded, clip_model, split, n=min(args.eval_n, len(split.test_captions)),
                                                 grid_path=args.grid)
         print(f"metrics: {summary['metrics']}")
     write_json(out / "training_summary.json", summary)

@@ -1,7 +1,9 @@
 """Train the tiny demo-world VAE (diffusers ``AutoencoderKL``): 64 x 64 x 3 images <-> 16 x 16 x 4 latents.
 
-Architecture (:data:`DEFAULT_VAE_CFG`): 3 encoder / decoder levels with channels (32, 64, 64), one
-ResNet block per level, 4 latent channels, group norm with 16 groups -> spatial factor 4.
+Architecture (:data:`DEFAULT_VAE_CFG`): 3 encoder / decoder levels with channels (16, 32, 64), one
+ResNet block per level, 4 latent channels, group norm with 8 groups -> spatial factor 4. The
+full-resolution levels are kept narrow because they dominate the CPU cost (64 x 64 convolutions and
+group norms); see docs/demo_models.md for the measured cost and quality of both widths.
 
 Loss per image (Stable Diffusion's autoencoder convention, without the perceptual / GAN terms):
 
@@ -44,15 +46,15 @@ from common import (  # noqa: E402
 NAME = "tiny-vae"
 DEFAULT_VAE_CFG: dict[str, Any] = dict(
     in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
-    up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[32, 64, 64], layers_per_block=1,
-    latent_channels=4, norm_num_groups=16, sample_size=64,
+    up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[16, 32, 64], layers_per_block=1,
+    latent_channels=4, norm_num_groups=8, sample_size=64,
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(ap, name=NAME, steps=1500, batch_size=32, lr=1e-3)
-    ap.add_argument("--channels", type=int, nargs="+", default=None, help="block_out_channels (default 32 64 64)")
+    ap.add_argument("--channels", type=int, nargs="+", default=None, help="block_out_channels (default 16 32 64)")
     ap.add_argument("--latent-channels", type=int, default=4)
     ap.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the KL (summed per image, / pixels)")
     return ap

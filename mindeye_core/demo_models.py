@@ -122,8 +122,7 @@ def load_demo_clip_model(root: str | Path | None = None, device: str | torch.dev
     """
     from .encoders import load_open_clip_folder
 
-    model, tokenizer = load_open_clip_folder(demo_model_path(DEMO_CLIP, root), device=device)
-    return model.float().eval(), tokenizer
+    return load_open_clip_folder(demo_model_path(DEMO_CLIP, root), device=device)
 
 
 def load_demo_clip(target: str = "hidden", root: str | Path | None = None,

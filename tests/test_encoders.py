@@ -244,6 +244,11 @@ def test_conv_stem_open_clip_round_trip(tmp_path: Path) -> None:
     with torch.no_grad():
         t = torch.randint(0, 100, (2, 16))  # the tiny config's vocabulary has 100 ids
         torch.testing.assert_close(loaded.encode_text(t), model.encode_text(t), atol=0, rtol=0)
+    # float16 files (the shipped --fp16 format) load as float32 modules, with and without a conv stem
+    for stem in ([8, 16, 16], None):
+        half = save_open_clip_folder(build_open_clip_model(cfg, stem).half(), tmp_path / f"half-{stem}", cfg,
+                                     conv_stem=stem)
+        assert {p.dtype for p in load_open_clip_folder(half)[0].parameters()} == {torch.float32}
     # weights of a linear-patch model do not fit a conv-stem config: a clear error, not a silent mismatch
     plain = tmp_path / "plain"
     save_open_clip_folder(build_open_clip_model(cfg), plain, cfg)

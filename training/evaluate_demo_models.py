@@ -161,10 +161,10 @@ def evaluate_generator(generator: Any, clip_model: Any, split: DemoSplit, *, n: 
     """Generate from the ground-truth hidden tiny-CLIP embeddings of the first ``n`` test images and
     score with 2-way identification on the tiny CLIP's final embedding.
 
-    When ``clip_model`` is the full tiny CLIP (with a text tower), also reports silhouettes: the tiny CLIP's
-    zero-shot category (see :func:`evaluate_clip`) of the generated vs the ground-truth images among the
-    one-object test scenes (``category_accuracy_generated_single`` / ``..._ground_truth_single``: the latter
-    is the ceiling) and how often the two predictions agree (``category_agreement_single``).
+    ``clip_model`` is the full tiny CLIP (image and text towers). Silhouettes are scored too: the tiny
+    CLIP's zero-shot category (see :func:`evaluate_clip`) of the generated vs the ground-truth images among
+    the one-object test scenes (``category_accuracy_generated_single`` / ``..._ground_truth_single``: the
+    latter is the ceiling) and how often the two predictions agree (``category_agreement_single``).
     """
     from mindeye_core.encoders import OpenClipEncoder
     from mindeye_core.metrics import two_way_identification
@@ -181,21 +181,20 @@ def evaluate_generator(generator: Any, clip_model: Any, split: DemoSplit, *, n: 
     ident = two_way_identification(f_gt.numpy(), f_gen.numpy())
     if grid_path is not None:
         save_grid(x[:grid_n], gen[:grid_n], grid_path)
-    extra: dict[str, float] = {}
-    if hasattr(clip_model, "encode_text"):
-        from mindeye_core.data.demo import load_demo_labels
+    from mindeye_core.data.demo import load_demo_labels
 
-        labels = load_demo_labels(split.root)
-        rows = split.test_rows[:n]
-        single = labels.n_objects[rows] == 1
-        txt = zero_shot_classifier(clip_model, "category")
-        p_gt, p_gen = (f_gt @ txt.T).argmax(1).numpy(), (f_gen @ txt.T).argmax(1).numpy()
-        truth = labels.category[rows, 0]
-        if single.any():
-            extra = {"category_accuracy_generated_single": float((p_gen[single] == truth[single]).mean()),
-                     "category_accuracy_ground_truth_single": float((p_gt[single] == truth[single]).mean()),
-                     "category_agreement_single": float((p_gen[single] == p_gt[single]).mean()),
-                     "n_single_object": int(single.sum())}
+    labels = load_demo_labels(split.root)
+    rows = split.test_rows[:n]
+    single = labels.n_objects[rows] == 1
+    txt = zero_shot_classifier(clip_model, "category")
+    p_gt, p_gen = (f_gt @ txt.T).argmax(1).numpy(), (f_gen @ txt.T).argmax(1).numpy()
+    truth = labels.category[rows, 0]
+    extra: dict[str, float] = {}
+    if single.any():
+        extra = {"category_accuracy_generated_single": float((p_gen[single] == truth[single]).mean()),
+                 "category_accuracy_ground_truth_single": float((p_gt[single] == truth[single]).mean()),
+                 "category_agreement_single": float((p_gen[single] == p_gt[single]).mean()),
+                 "n_single_object": int(single.sum())}
     return {"two_way_identification_clip": float(ident), **extra, "n_images": int(n), "steps": int(steps),
             "guidance": float(generator.default_guidance if guidance is None else guidance),
             "psnr_db_vs_ground_truth": float(psnr(gen, x).mean()),
@@ -238,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     split = load_demo_split(args.world)
     res: dict[str, Any] = {}
-    clip_model = demo_models.load_demo_clip_model(args.models)[0].float().eval()
+    clip_model = demo_models.load_demo_clip_model(args.models)[0]
     if "clip" not in args.skip:
         res["clip"] = evaluate_clip(clip_model, split)
         print("clip", res["clip"])

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from evaluate_demo_models import evaluate_clip
 
     reloaded, _ = load_open_clip_folder(out)
-    metrics = evaluate_clip(reloaded.float().eval(), split, batch=args.eval_batch)
+    metrics = evaluate_clip(reloaded, split, batch=args.eval_batch)
     summary.update({"metrics": metrics, "model_cfg": cfg, "conv_stem": conv_stem, "n_parameters": sum(p.numel() for p in model.parameters()),
                     "args": {k: str(v) for k, v in vars(args).items()}})
     write_json(out / "training_summary.json", summary)

@@ -121,7 +121,7 @@ def encode_targets(clip_enc: Any, vae_enc: Any, images_u8: torch.Tensor, device:
 def main(argv: list[str] | None = None) -> int:
     from diffusers import DDPMScheduler, UNet2DConditionModel, UniPCMultistepScheduler
 
-    from mindeye_core.encoders import OpenClipEncoder, VaeLatentEncoder
+    from mindeye_core.encoders import OpenClipEncoder, VaeLatentEncoder, load_open_clip_folder
     from mindeye_core.generators import UNetVariationGenerator
 
     args = parse_with_config(build_parser(), argv)
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     vae_dir = Path(args.vae) if args.vae else default_out("tiny-vae")
     split = load_demo_split(args.world, max_train=args.max_train_images, progress=not args.no_progress)
     size = int(split.train_images.shape[1])
-    clip_enc = OpenClipEncoder.from_pretrained(clip_dir, target="hidden").float().to(dev)
+    clip_model, _ = load_open_clip_folder(clip_dir, device=dev)  # full model: the evaluation uses its text tower
+    clip_enc = OpenClipEncoder(clip_model, target="hidden")
     vae_enc = VaeLatentEncoder.from_pretrained(vae_dir, image_size=size, torch_dtype=torch.float32).to(dev)
     images = torch.from_numpy(split.train_images)
     print(f"encoding {images.shape[0]} training images (tiny CLIP {clip_enc.target_shape}, VAE {vae_enc.target_shape})")
@@ -195,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_n > 0:
         from evaluate_demo_models import evaluate_generator
 
-        from mindeye_core.encoders import load_open_clip_folder
-
         reloaded = UNetVariationGenerator.from_pretrained(out, torch_dtype=torch.float32).to(dev)
-        clip_model = load_open_clip_folder(clip_dir, device=dev)[0].float()
         summary["metrics"] = evaluate_generator(reloaded, clip_model, split, n=min(args.eval_n, len(split.test_captions)),
                                                 grid_path=args.grid)
         print(f"metrics: {summary['metrics']}")

@@ -186,6 +186,20 @@ def test_min_snr_weights_follow_the_formula() -> None:
     torch.testing.assert_close(train_tiny_generator.loss_weight(abar, 0.0), torch.ones(5))
 
 
+def test_generator_attention_levels_pick_the_block_types() -> None:
+    parse = train_tiny_generator.build_parser().parse_args
+    cfg = train_tiny_generator.unet_config(parse([]), 16, 128)  # default: attention only at the 8 x 8 level
+    assert cfg["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D"]
+    assert cfg["up_block_types"] == ["CrossAttnUpBlock2D", "UpBlock2D"]  # up blocks run coarse -> fine
+    assert (cfg["sample_size"], cfg["cross_attention_dim"]) == (16, 128)
+    cfg = train_tiny_generator.unet_config(parse(["--channels", "16", "32", "64", "--attn-levels", "0", "2"]), 8, 32)
+    assert cfg["down_block_types"] == ["CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"]
+    assert cfg["up_block_types"] == ["CrossAttnUpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D"]
+    assert cfg["norm_num_groups"] == 16 and cfg["attention_head_dim"] == 16
+    with pytest.raises(ValueError, match=r"--attn-levels \[2\]: levels must be in 0..1"):
+        train_tiny_generator.unet_config(parse(["--attn-levels", "2"]), 16, 128)
+
+
 def test_hard_negative_captions_swap_exactly_one_category(world: Path) -> None:
     from mindeye_core.data.demo import CATEGORIES, load_demo_labels
 

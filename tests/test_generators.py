@@ -21,12 +21,12 @@ torch.set_num_threads(1)
 T, D = 17, 24  # tiny stand-in for VD's 257 x 768 image context
 
 
-def tiny_unet(seed: int = 0):
+def tiny_unet(seed: int = 0, in_channels: int = 4):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=D, attention_head_dim=8, norm_num_groups=8,
     ).eval()
@@ -189,6 +189,52 @@ def test_generate_errors(gen: UNetVariationGenerator) -> None:
     free = UNetVariationGenerator(tiny_unet(), tiny_vae(), unipc())
     with pytest.raises(DataFormatError, match=f"width 7, the UNet's cross_attention_dim is {D}"):
         free.generate(torch.randn(1, 3, 7))
+
+
+# ------------------------------------------------------------------------------- token grid
+def test_token_grid_lays_patches_out_row_major() -> None:
+    from mindeye_core.generators import token_grid
+
+    tokens = emb(2)  # CLS + 4 x 4 patches
+    grid = token_grid(tokens, 8)
+    assert grid.shape == (2, D, 8, 8)
+    for r in range(4):
+        for c in range(4):
+            cell = grid[:, :, 2 * r:2 * r + 2, 2 * c:2 * c + 2]  # each patch covers 2 x 2 latent pixels
+            torch.testing.assert_close(cell, tokens[:, 1 + 4 * r + c, :, None, None].expand_as(cell))
+    torch.testing.assert_close(token_grid(tokens, 4), tokens[:, 1:].transpose(1, 2).reshape(2, D, 4, 4))
+    with pytest.raises(DataFormatError, match="square grid of patch tokens, got 16 tokens"):
+        token_grid(tokens[:, :16], 8)
+    with pytest.raises(DataFormatError, match="latent side 6 is not a multiple of the patch grid 4"):
+        token_grid(tokens, 6)
+
+
+def test_token_grid_generator_feeds_the_grid_and_round_trips(tmp_path: Path) -> None:
+    from mindeye_core.generators import token_grid
+
+    g = UNetVariationGenerator(tiny_unet(in_channels=4 + D), tiny_vae(), unipc(), n_tokens=T, token_grid=True)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    h = g.unet.register_forward_pre_hook(
+        lambda m, args, kw: seen.append((args[0].clone(), kw["encoder_hidden_states"].clone())), with_kwargs=True)
+    try:
+        e = emb(1)
+        a = g.generate(e, steps=2, guidance=2.0, seed=3)
+    finally:
+        h.remove()
+    x, ctx = seen[0]
+    assert x.shape == (2, 4 + D, 8, 8)  # [uncond; cond] latents + D token-grid channels
+    torch.testing.assert_close(x[:, 4:], token_grid(ctx, 8))
+    assert x[0, 4:].abs().max() == 0 and x[1, 4:].abs().max() > 0  # zero tokens -> zero grid for CFG's uncond
+    g.save_pretrained(tmp_path / "grid-gen")
+    assert json.loads((tmp_path / "grid-gen" / "generator_config.json").read_text())["token_grid"] is True
+    loaded = UNetVariationGenerator.from_pretrained(tmp_path / "grid-gen")
+    assert loaded.token_grid and loaded.latent_shape == (4, 8, 8)
+    torch.testing.assert_close(loaded.generate(e, steps=2, guidance=2.0, seed=3), a)
+    with pytest.raises(DataFormatError, match=rf"UNet in_channels \(4\) != VAE latent channels \(4\) \+ "
+                                              rf"token-grid channels \({D}\)"):
+        UNetVariationGenerator(tiny_unet(), tiny_vae(), unipc(), n_tokens=T, token_grid=True)
+    with pytest.raises(DataFormatError, match=rf"UNet in_channels \({4 + D}\) != VAE latent channels \(4\)$"):
+        UNetVariationGenerator(tiny_unet(in_channels=4 + D), tiny_vae(), unipc(), n_tokens=T)
 
 
 # ------------------------------------------------------------------------------- save / load

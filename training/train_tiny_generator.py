@@ -56,20 +56,28 @@ from common import (  # noqa: E402
 NAME = "tiny-generator"
 DEFAULT_UNET_CFG: dict[str, Any] = dict(
     in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[64, 128],
-    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
     attention_head_dim=32, norm_num_groups=32,
 )
+DEFAULT_ATTN_LEVELS = (1,)
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                 prediction_type="epsilon")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(ap, name=NAME, steps=1500, batch_size=32, lr=1e-3)
+    add_common_args(ap, name=NAME, steps=2800, batch_size=32, lr=1e-3)
     ap.add_argument("--clip", type=Path, default=None, help="tiny CLIP folder (default $MINDEYE_CACHE/demo_models/tiny-clip)")
     ap.add_argument("--vae", type=Path, default=None, help="tiny VAE folder (default $MINDEYE_CACHE/demo_models/tiny-vae)")
     ap.add_argument("--channels", type=int, nargs="+", default=None, help="UNet block_out_channels")
+    ap.add_argument("--attn-levels", type=int, nargs="*", default=list(DEFAULT_ATTN_LEVELS),
+                    help="UNet levels (0 = full latent resolution) whose blocks have self- and cross-attention; "
+                         "the middle block always has them. Default 1: only the 8 x 8 level, the tiny CLIP's patch "
+                         "grid (attention at 16 x 16 made CPU steps 3.4x slower)")
+    ap.add_argument("--token-grid", action=argparse.BooleanOptionalAction, default=False,
+                    help="also feed the 64 patch tokens, laid out on their 8 x 8 grid, as extra UNet input "
+                         "channels (UNetVariationGenerator token_grid)")
     ap.add_argument("--p-uncond", type=float, default=0.1, help="condition dropout probability (for CFG)")
     ap.add_argument("--ema", type=float, default=0.995, help="EMA decay of the saved weights (0 = no EMA)")
     ap.add_argument("--min-snr-gamma", type=float, default=5.0,
@@ -80,16 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def unet_config(args: argparse.Namespace, latent_side: int, cross_dim: int) -> dict[str, Any]:
+def unet_config(args: argparse.Namespace, latent_side: int, cross_dim: int, latent_channels: int = 4) -> dict[str, Any]:
+    """UNet2DConditionModel kwargs for this run (block types from ``--attn-levels``, input channels
+    ``latent_channels`` (+ ``cross_dim`` with ``--token-grid``))."""
     cfg = copy.deepcopy(DEFAULT_UNET_CFG)
-    if args.channels:
-        ch = [int(c) for c in args.channels]
-        n = len(ch)
-        cfg["block_out_channels"] = ch
-        cfg["down_block_types"] = ["CrossAttnDownBlock2D"] * n
-        cfg["up_block_types"] = ["CrossAttnUpBlock2D"] * n
-        cfg["norm_num_groups"] = min(cfg["norm_num_groups"], min(ch))
-        cfg["attention_head_dim"] = min(cfg["attention_head_dim"], min(ch))
+    cfg["in_channels"] = latent_channels + (cross_dim if args.token_grid else 0)
+    cfg["out_channels"] = latent_channels
+    ch = [int(c) for c in args.channels] if args.channels else list(cfg["block_out_channels"])
+    levels = sorted({int(i) for i in args.attn_levels})
+    if any(i < 0 or i >= len(ch) for i in levels):
+        raise ValueError(f"--attn-levels {levels}: levels must be in 0..{len(ch) - 1} for {len(ch)} UNet levels")
+    cfg["block_out_channels"] = ch
+    cfg["down_block_types"] = ["CrossAttnDownBlock2D" if i in levels else "DownBlock2D" for i in range(len(ch))]
+    cfg["up_block_types"] = ["CrossAttnUpBlock2D" if i in levels else "UpBlock2D" for i in reversed(range(len(ch)))]
+    cfg["norm_num_groups"] = min(cfg["norm_num_groups"], min(ch))
+    cfg["attention_head_dim"] = min(cfg["attention_head_dim"], min(ch))
     cfg["sample_size"] = int(latent_side)
     cfg["cross_attention_dim"] = int(cross_dim)
     return cfg
@@ -122,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers import DDPMScheduler, UNet2DConditionModel, UniPCMultistepScheduler
 
     from mindeye_core.encoders import OpenClipEncoder, VaeLatentEncoder, load_open_clip_folder
-    from mindeye_core.generators import UNetVariationGenerator
+    from mindeye_core.generators import UNetVariationGenerator, token_grid
 
     args = parse_with_config(build_parser(), argv)
     out = setup_run(args, NAME)
@@ -139,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"encoding {images.shape[0]} training images (tiny CLIP {clip_enc.target_shape}, VAE {vae_enc.target_shape})")
     conds, latents = encode_targets(clip_enc, vae_enc, images, dev)
     n_tokens, cross_dim = clip_enc.target_shape
-    cfg = unet_config(args, latents.shape[-1], cross_dim)
+    cfg = unet_config(args, latents.shape[-1], cross_dim, latents.shape[1])
     unet = UNet2DConditionModel(**cfg).to(dev)
     ema = copy.deepcopy(unet).eval().requires_grad_(False) if args.ema > 0 else None
     noise_sched = DDPMScheduler(**SCHEDULE)
@@ -163,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         eps = torch.randn(z0.shape, generator=data_rng).to(dev)
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        pred = unet(zt, t, encoder_hidden_states=c).sample
+        x_in = torch.cat([zt, token_grid(c, zt.shape[-1])], dim=1) if args.token_grid else zt
+        pred = unet(x_in, t, encoder_hidden_states=c).sample
         per_sample = F.mse_loss(pred, eps, reduction="none").flatten(1).mean(1)  # (B,)
         loss = (per_sample * loss_weight(abar[t], args.min_snr_gamma)).mean()
         opt.zero_grad(set_to_none=True)
@@ -189,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = UNetVariationGenerator(copy.deepcopy(final).half() if args.fp16 else final,
                                  copy.deepcopy(vae).half() if args.fp16 else vae, unipc,
                                  n_tokens=n_tokens, image_size=size, default_steps=20,
-                                 default_guidance=args.guidance)
+                                 default_guidance=args.guidance, token_grid=args.token_grid)
     gen.save_pretrained(out)
     summary.update({"unet_cfg": cfg, "n_parameters": sum(p.numel() for p in final.parameters()),
                     "clip": str(clip_dir), "vae": str(vae_dir), "args": {k: str(v) for k, v in vars(args).items()}})

@@ -6,7 +6,7 @@ strength in the paper's convention (0 = pure high-level, 1 = only the init image
 """
 
 from .base import Generator, check_embeddings, check_strength, img2img_steps
-from .unet_variation import UNetVariationGenerator
+from .unet_variation import UNetVariationGenerator, token_grid
 from .versatile import VD_REPO_ID, VersatileDiffusionGenerator, load_versatile_pipeline
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "check_embeddings",
     "check_strength",
     "img2img_steps",
+    "token_grid",
     "load_versatile_pipeline",
 ]

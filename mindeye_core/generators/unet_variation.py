@@ -19,6 +19,11 @@ Sampling, for ``N = B x n_samples`` latents of shape ``(C, h, w)``::
         x = scheduler.step(e, t, x)
     images = clamp(vae.decode(x / scale) / 2 + 0.5, 0, 1)
 
+With ``token_grid=True`` (the tiny demo generator) the UNet also sees the patch tokens as an image:
+``unet([x; grid(context)], t, context)``, where ``grid`` lays tokens ``1..T-1`` out on their
+``g x g`` patch grid and repeats each to the latent resolution (:func:`token_grid`), so local
+appearance does not have to be routed through cross-attention alone.
+
 Differences from the official MindEye reconstruction code, all selectable:
 
 - unconditional context: MindEye uses zero tokens (default here); Versatile Diffusion's own pipeline
@@ -44,11 +49,30 @@ from ..encoders.clip import CLIP_MEAN, CLIP_STD
 from ..errors import CheckpointError, DataFormatError
 from .base import Generator, check_embeddings, check_strength, img2img_steps
 
-__all__ = ["UNetVariationGenerator", "GENERATOR_CONFIG"]
+__all__ = ["UNetVariationGenerator", "GENERATOR_CONFIG", "token_grid"]
 
 GENERATOR_CONFIG = "generator_config.json"
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
                       "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors.index.json")
+
+
+def token_grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """Patch tokens laid out as a feature map: ``(B, 1 + g*g, D)`` -> ``(B, D, side, side)``.
+
+    Token 0 (CLS) is dropped; tokens ``1..g*g`` are the ViT's patches in row-major order; each is
+    repeated (nearest) over the ``side / g`` latent pixels it covers.
+
+    Raises:
+        DataFormatError: ``T - 1`` is not a square, or ``side`` is not a multiple of ``g``.
+    """
+    b, t, d = tokens.shape
+    g = int(round((t - 1) ** 0.5))
+    if g * g != t - 1 or g == 0:
+        raise DataFormatError(f"token_grid needs CLS + a square grid of patch tokens, got {t} tokens")
+    if side % g:
+        raise DataFormatError(f"token_grid: latent side {side} is not a multiple of the patch grid {g}")
+    grid = tokens[:, 1:].transpose(1, 2).reshape(b, d, g, g)
+    return grid.repeat_interleave(side // g, dim=2).repeat_interleave(side // g, dim=3)
 
 
 def _fresh_scheduler(scheduler: Any) -> Any:
@@ -72,6 +96,8 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         init_normalization: ``"vae"`` (``2x - 1``) or ``"clip"`` (official-code quirk, see module doc).
         max_batch: at most this many latents per UNet pass (doubled by CFG) to bound memory; the
             output does not depend on it (all noise is drawn up front).
+        token_grid: also feed the patch tokens as ``D`` extra input channels (:func:`token_grid`);
+            the UNet's ``in_channels`` must then be ``C + D``.
     """
 
     def __init__(
@@ -89,18 +115,21 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         sample_init_posterior: bool = False,
         init_normalization: Literal["vae", "clip"] = "vae",
         max_batch: int | None = None,
+        token_grid: bool = False,
     ) -> None:
         super().__init__()
         self.unet = freeze(unet)
         self.vae = freeze(vae)
         self.scheduler = scheduler
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.latent_channels = int(unet.config.in_channels)
-        if int(vae.config.latent_channels) != self.latent_channels:
-            raise DataFormatError(f"VAE latent channels ({vae.config.latent_channels}) != UNet in_channels "
-                                  f"({unet.config.in_channels})")
         cross = unet.config.cross_attention_dim
         self.embed_dim = int(cross if isinstance(cross, int) else cross[0])
+        self.token_grid = bool(token_grid)
+        self.latent_channels = int(vae.config.latent_channels)
+        extra = self.embed_dim if self.token_grid else 0
+        if int(unet.config.in_channels) != self.latent_channels + extra:
+            raise DataFormatError(f"UNet in_channels ({unet.config.in_channels}) != VAE latent channels "
+                                  f"({self.latent_channels})" + (f" + token-grid channels ({extra})" if extra else ""))
         self.n_tokens = n_tokens
         self.embedding_shape = (n_tokens, self.embed_dim) if n_tokens is not None else None
         sample = unet.config.sample_size
@@ -260,6 +289,8 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         for t in timesteps:
             x_in = torch.cat([latents, latents]) if use_cfg else latents
             x_in = sched.scale_model_input(x_in, t)
+            if self.token_grid:
+                x_in = torch.cat([x_in, token_grid(context, x_in.shape[-1])], dim=1)
             eps = self.unet(x_in, t, encoder_hidden_states=context).sample
             if use_cfg:
                 eps_u, eps_c = eps.chunk(2)
@@ -280,6 +311,7 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
             "sample_init_posterior": self.sample_init_posterior,
             "init_normalization": self.init_normalization,
             "max_batch": self.max_batch,
+            "token_grid": self.token_grid,
         }
 
     def save_pretrained(self, folder: str | Path) -> Path:

@@ -77,6 +77,16 @@ def test_scripts_write_loadable_models(trained: Path) -> None:
     assert summary["steps_run"] == 2 and 0 <= summary["metrics"]["two_way_identification_clip"] <= 1
 
 
+def test_token_grid_training_writes_a_token_grid_generator(trained: Path, world: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tiny-generator"
+    assert train_tiny_generator.main(["--world", str(world), "--clip", str(trained / "tiny-clip"), "--vae",
+                                      str(trained / "tiny-vae"), "--out", str(out), "--steps", "1", "--token-grid",
+                                      "--ckpt-dir", str(tmp_path / "ck"), *FAST, *GEN_TINY]) == 0
+    gen = demo_models.load_demo_generator(root=tmp_path)
+    assert gen.token_grid and gen.unet.config.in_channels == 4 + 16  # latents + one channel per token dim
+    assert gen.generate(torch.randn(1, 17, 16), steps=2, seed=0).shape == (1, 1, 3, 32, 32)
+
+
 def test_vae_scaling_factor_gives_unit_variance_latents(trained: Path, world: Path) -> None:
     from diffusers import AutoencoderKL
 

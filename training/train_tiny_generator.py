@@ -7,7 +7,8 @@ Inputs (computed once, before training, from the *trained* tiny CLIP and tiny VA
 - ``z0``: the VAE's posterior-mode latents times its scaling factor, ``(4, 16, 16)``.
 
 Model: diffusers ``UNet2DConditionModel`` (:data:`DEFAULT_UNET_CFG`, channels (64, 128) at 16 x 16 and 8 x 8,
-cross-attention on the 65 tokens at both levels and in the middle block). Objective (DDPM, epsilon prediction,
+self- and cross-attention on the 65 tokens only at the 8 x 8 level and in the middle block, ``--attn-levels``;
+with ``--token-grid`` the patch tokens are also fed as extra input channels). Objective (DDPM, epsilon prediction,
 Stable Diffusion's "scaled_linear" betas from 0.00085 to 0.012 over 1000 steps):
 
     t ~ U{0..999},  eps ~ N(0, I),  z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps
@@ -54,12 +55,9 @@ from common import (  # noqa: E402
 )
 
 NAME = "tiny-generator"
-DEFAULT_UNET_CFG: dict[str, Any] = dict(
-    in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[64, 128],
-    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-    up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-    attention_head_dim=32, norm_num_groups=32,
-)
+# block types and in/out channels come from the arguments (unet_config)
+DEFAULT_UNET_CFG: dict[str, Any] = dict(layers_per_block=1, block_out_channels=[64, 128], attention_head_dim=32,
+                                        norm_num_groups=32)
 DEFAULT_ATTN_LEVELS = (1,)
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                 prediction_type="epsilon")

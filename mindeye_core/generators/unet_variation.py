@@ -286,11 +286,12 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         if begin and hasattr(sched, "set_begin_index"):
             sched.set_begin_index(begin)
         timesteps = sched.timesteps[begin:] if n_run else sched.timesteps[:0]
+        grid = token_grid(context, latents.shape[-1]) if self.token_grid else None  # fixed over the loop
         for t in timesteps:
             x_in = torch.cat([latents, latents]) if use_cfg else latents
             x_in = sched.scale_model_input(x_in, t)
-            if self.token_grid:
-                x_in = torch.cat([x_in, token_grid(context, x_in.shape[-1])], dim=1)
+            if grid is not None:
+                x_in = torch.cat([x_in, grid], dim=1)
             eps = self.unet(x_in, t, encoder_hidden_states=context).sample
             if use_cfg:
                 eps_u, eps_c = eps.chunk(2)

@@ -8,8 +8,8 @@ Inputs (computed once, before training, from the *trained* tiny CLIP and tiny VA
 
 Model: diffusers ``UNet2DConditionModel`` (:data:`DEFAULT_UNET_CFG`, channels (64, 128) at 16 x 16 and 8 x 8,
 self- and cross-attention on the 65 tokens only at the 8 x 8 level and in the middle block, ``--attn-levels``;
-with ``--token-grid`` the patch tokens are also fed as extra input channels). Objective (DDPM, epsilon prediction,
-Stable Diffusion's "scaled_linear" betas from 0.00085 to 0.012 over 1000 steps):
+with ``--token-grid``, the default, the 64 patch tokens are also fed as extra input channels on their 8 x 8 grid).
+Objective (DDPM, epsilon prediction, Stable Diffusion's "scaled_linear" betas from 0.00085 to 0.012 over 1000 steps):
 
     t ~ U{0..999},  eps ~ N(0, I),  z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps
     c' = 0 with probability p_uncond (classifier-free guidance; zeros = the generator's uncond context)
@@ -73,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="UNet levels (0 = full latent resolution) whose blocks have self- and cross-attention; "
                          "the middle block always has them. Default 1: only the 8 x 8 level, the tiny CLIP's patch "
                          "grid (attention at 16 x 16 made CPU steps 3.4x slower)")
-    ap.add_argument("--token-grid", action=argparse.BooleanOptionalAction, default=False,
+    ap.add_argument("--token-grid", action=argparse.BooleanOptionalAction, default=True,
                     help="also feed the 64 patch tokens, laid out on their 8 x 8 grid, as extra UNet input "
-                         "channels (UNetVariationGenerator token_grid)")
+                         "channels (UNetVariationGenerator token_grid; default on: it took the generated images' "
+                         "category accuracy from 14.5 to 25.5 %%; --no-token-grid = cross-attention only)")
     ap.add_argument("--p-uncond", type=float, default=0.1, help="condition dropout probability (for CFG)")
     ap.add_argument("--ema", type=float, default=0.995, help="EMA decay of the saved weights (0 = no EMA)")
     ap.add_argument("--min-snr-gamma", type=float, default=5.0,

@@ -68,9 +68,9 @@ DEMO_MODEL_FILES: dict[str, tuple[str, ...]] = {
 """Files each shipped model folder must hold (relative to the folder)."""
 
 _TRAIN_COMMAND = {
-    DEMO_CLIP: "python training/train_tiny_clip.py --out {path} --fp16",
-    DEMO_VAE: "python training/train_tiny_vae.py --out {path} --fp16",
-    DEMO_GENERATOR: "python training/train_tiny_generator.py --clip {root}/tiny-clip --vae {root}/tiny-vae "
+    DEMO_CLIP: "python -m training.train_tiny_clip --out {path} --fp16",
+    DEMO_VAE: "python -m training.train_tiny_vae --out {path} --fp16",
+    DEMO_GENERATOR: "python -m training.train_tiny_generator --clip {root}/tiny-clip --vae {root}/tiny-vae "
                     "--out {path} --fp16",
 }
 

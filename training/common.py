@@ -1,4 +1,4 @@
-"""Shared plumbing of the demo-model training scripts (``train_tiny_*.py``).
+"""Shared plumbing of the demo image-model training scripts (``python -m training.train_tiny_*``).
 
 - argparse with an optional YAML config (``--config cfg.yaml``: its keys are argument names with
   ``-`` or ``_``; command-line flags override it);
@@ -68,9 +68,9 @@ def add_common_args(ap: argparse.ArgumentParser, *, name: str, steps: int, batch
                     help="checkpoint folder (default OUT/checkpoint; put it elsewhere when OUT is shipped)")
     ap.add_argument("--max-train-images", type=int, default=None, help="use only the first N training images")
     ap.add_argument("--max-minutes", type=float, default=27.0,
-                    help="wall-clock budget of the run (from start-up, data loading and target encoding included): stop early (and still write the weights) once it "
-                         "is spent; the learning-rate schedule follows max(step / steps, elapsed / budget). "
-                         "Default 27: with evaluation, every script ends within 30 minutes on 2 CPU cores; 0 = no budget")
+                    help="wall-clock budget of the run (from start-up, data loading and target encoding included): stop early "
+                         "(and still write the weights) once it is spent. It never changes the learning-rate schedule, "
+                         "which depends on the step count only. Default 27 (a safety net on slow machines); 0 = no budget")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--fp16", action="store_true", help="store the final weights in float16")
     return ap
@@ -194,21 +194,19 @@ class Clock:
         return self.fraction() >= 1.0
 
 
-def lr_lambda(warmup: int, total: int, clock: Clock | None = None) -> Callable[[int], float]:
-    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0.05 at the end.
+def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0.05 at step ``total``.
 
-    Progress after warm-up is ``p = max((step - warmup) / (total - warmup), clock.fraction())``, so a
-    run cut short by its time budget still ends with a decayed learning rate.
+    A function of the step count only: the wall clock never feeds the schedule, so one config gives
+    the same weights on any machine, however loaded (``--max-minutes`` may stop a run early, and then
+    the learning rate simply has not finished decaying).
     """
     import math
 
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
-        p = (step - warmup) / max(1, total - warmup)
-        if clock is not None:
-            p = max(p, clock.fraction())
-        p = min(1.0, p)
+        p = min(1.0, (step - warmup) / max(1, total - warmup))
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p))
 
     return f

@@ -13,8 +13,8 @@
   generated from the ground-truth hidden embeddings of test images (the ceiling for brain-decoded
   reconstructions), via :func:`mindeye_core.metrics.two_way_identification`; plus PSNR vs ground truth.
 
-    python training/evaluate_demo_models.py                       # shipped assets, default world
-    python training/evaluate_demo_models.py --models assets/demo_models --world /tmp/world --n-gen 200
+    python -m training.evaluate_demo_models                       # shipped assets, default world
+    python -m training.evaluate_demo_models --models assets/demo_models --world /tmp/world --n-gen 200
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DemoSplit, load_demo_split, to_float_images, write_json  # noqa: E402
+from training.common import DemoSplit, load_demo_split, to_float_images, write_json
 
 
 @torch.no_grad()

@@ -12,24 +12,24 @@
 # Checkpoints go to MODELS_DIR/../checkpoints/<name> so that the shipped folders hold weights only.
 # Environment: PYTHON (default python), TRAIN_ARGS (extra flags for every script, e.g. "--no-progress").
 set -euo pipefail
-WORLD=${1:?world folder}
-MODELS=${2:?models folder}
+WORLD=$(realpath -m "${1:?world folder}")
+MODELS=$(realpath -m "${2:?models folder}")
 DEVICE=${3:-cpu}
-GRID=${4:-}
+GRID=${4:+$(realpath -m "$4")}
 PY=${PYTHON:-python}
-HERE=$(cd "$(dirname "$0")" && pwd)
+cd "$(dirname "$0")/.."  # run the training package from the repository root
 CK=$(dirname "$MODELS")/checkpoints
 EXTRA=${TRAIN_ARGS:-}
 
 "$PY" -c "from mindeye_core.data.demo import ensure_demo_world; print(ensure_demo_world('$WORLD', progress=False))"
 t0=$(date +%s)
-"$PY" "$HERE/train_tiny_clip.py" --world "$WORLD" --out "$MODELS/tiny-clip" --ckpt-dir "$CK/tiny-clip" \
+"$PY" -m training.train_tiny_clip --world "$WORLD" --out "$MODELS/tiny-clip" --ckpt-dir "$CK/tiny-clip" \
     --device "$DEVICE" --fp16 $EXTRA
 t1=$(date +%s)
-"$PY" "$HERE/train_tiny_vae.py" --world "$WORLD" --out "$MODELS/tiny-vae" --ckpt-dir "$CK/tiny-vae" \
+"$PY" -m training.train_tiny_vae --world "$WORLD" --out "$MODELS/tiny-vae" --ckpt-dir "$CK/tiny-vae" \
     --device "$DEVICE" --fp16 $EXTRA
 t2=$(date +%s)
-"$PY" "$HERE/train_tiny_generator.py" --world "$WORLD" --clip "$MODELS/tiny-clip" --vae "$MODELS/tiny-vae" \
+"$PY" -m training.train_tiny_generator --world "$WORLD" --clip "$MODELS/tiny-clip" --vae "$MODELS/tiny-vae" \
     --out "$MODELS/tiny-generator" --ckpt-dir "$CK/tiny-generator" --device "$DEVICE" --fp16 \
     ${GRID:+--grid "$GRID"} $EXTRA
 t3=$(date +%s)

@@ -21,8 +21,8 @@ translation by up to ``--max-shift`` pixels (reflect padding) and a brightness j
 Only the training images of the demo world are used; the shared test images stay held out for the
 evaluation written to ``OUT/metrics.json`` (zero-shot category accuracy, image <-> caption top-1).
 
-    python training/train_tiny_clip.py --out assets/demo_models/tiny-clip --fp16
-    python training/train_tiny_clip.py --steps 20 --resume      # continue / extend a run
+    python -m training.train_tiny_clip.py --out assets/demo_models/tiny-clip --fp16
+    python -m training.train_tiny_clip.py --steps 20 --resume      # continue / extend a run
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from training.common import (
     Clock,
     add_common_args,
     load_demo_split,
@@ -172,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     no_decay = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in name)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.steps, clock))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.steps))
     data_rng = torch.Generator().manual_seed(args.seed + 1)
     model.train()
 
@@ -210,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         model_to_save = model
     save_open_clip_folder(model_to_save, out, cfg, conv_stem=conv_stem)
     # evaluation on the held-out test images, with the weights exactly as saved
-    from evaluate_demo_models import evaluate_clip
+    from training.evaluate_demo_models import evaluate_clip
 
     reloaded, _ = load_open_clip_folder(out)
     metrics = evaluate_clip(reloaded, split, batch=args.eval_batch)

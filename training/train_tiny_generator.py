@@ -25,7 +25,7 @@ is a :class:`mindeye_core.generators.UNetVariationGenerator` (``unet/``, ``vae/`
 UniPC scheduler on the same betas, ``generator_config.json``), loadable with
 ``UNetVariationGenerator.from_pretrained`` or :func:`mindeye_core.demo_models.load_demo_generator`.
 
-    python training/train_tiny_generator.py --clip assets/demo_models/tiny-clip \\
+    python -m training.train_tiny_generator.py --clip assets/demo_models/tiny-clip \\
         --vae assets/demo_models/tiny-vae --out assets/demo_models/tiny-generator --fp16
 """
 
@@ -40,8 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from training.common import (
     Clock,
     add_common_args,
     default_out,
@@ -65,7 +64,7 @@ SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, be
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(ap, name=NAME, steps=2800, batch_size=32, lr=1e-3)
+    add_common_args(ap, name=NAME, steps=2500, batch_size=32, lr=1e-3)
     ap.add_argument("--clip", type=Path, default=None, help="tiny CLIP folder (default $MINDEYE_CACHE/demo_models/tiny-clip)")
     ap.add_argument("--vae", type=Path, default=None, help="tiny VAE folder (default $MINDEYE_CACHE/demo_models/tiny-vae)")
     ap.add_argument("--channels", type=int, nargs="+", default=None, help="UNet block_out_channels")
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tiny generator UNet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters, {n} images, "
           f"batch {bs}, {args.steps} steps, latent std {latents.std():.3f}, device {dev}")
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.steps, clock))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.steps))
     data_rng = torch.Generator().manual_seed(args.seed + 4)
     unet.train()
 
@@ -207,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     summary.update({"unet_cfg": cfg, "n_parameters": sum(p.numel() for p in final.parameters()),
                     "clip": str(clip_dir), "vae": str(vae_dir), "args": {k: str(v) for k, v in vars(args).items()}})
     if args.eval_n > 0:
-        from evaluate_demo_models import evaluate_generator
+        from training.evaluate_demo_models import evaluate_generator
 
         reloaded = UNetVariationGenerator.from_pretrained(out, torch_dtype=torch.float32).to(dev)
         summary["metrics"] = evaluate_generator(reloaded, clip_model, split, n=min(args.eval_n, len(split.test_captions)),

@@ -17,7 +17,7 @@ After training the latent scaling factor is set to ``1 / std(mode latents)`` ove
 training images and stored in the VAE config (``scaling_factor``), so scaled latents have unit
 variance, as Stable Diffusion's 0.18215 does for its VAE. Test-image PSNR goes to ``OUT/metrics.json``.
 
-    python training/train_tiny_vae.py --out assets/demo_models/tiny-vae --fp16
+    python -m training.train_tiny_vae.py --out assets/demo_models/tiny-vae --fp16
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from training.common import (
     Clock,
     add_common_args,
     load_demo_split,
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tiny VAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, {n} training images, "
           f"batch {bs}, {args.steps} steps, device {dev}")
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.steps, clock))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.steps))
     data_rng = torch.Generator().manual_seed(args.seed + 2)
     noise_rng = torch.Generator().manual_seed(args.seed + 3)
     vae.train()
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     vae.register_to_config(scaling_factor=1.0 / std)
     vae.cpu()
     (copy.deepcopy(vae).half() if args.fp16 else vae).save_pretrained(out)
-    from evaluate_demo_models import evaluate_vae
+    from training.evaluate_demo_models import evaluate_vae
 
     reloaded = AutoencoderKL.from_pretrained(str(out)).float().eval()
     metrics = evaluate_vae(reloaded, split)

@@ -14,7 +14,8 @@ filled in) are recorded in ``self.config`` when the instance is built::
     head.save_pretrained("ckpt/")
     Head.from_pretrained("ckpt/")
 
-``config.json`` also stores ``_class`` (the class name) and ``_format_version``; loading into another
+``config.json`` also stores ``_class`` (the class name) and ``_format_version`` (written and checked by
+:mod:`mindeye_core.configfile`, like every versioned JSON file of the project); loading into another
 class, with unknown or missing config keys, or with weights that do not match, raises
 :class:`~mindeye_core.errors.CheckpointError` (or :class:`~mindeye_core.errors.ConfigMismatchError`)
 naming the file and the problem. Our own weights are never pickled.
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -32,6 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .configfile import read_versioned_config, write_versioned_config
 from .errors import CheckpointError, ConfigMismatchError
 
 CONFIG_NAME = "config.json"
@@ -147,8 +148,7 @@ class ConfigModule(torch.nn.Module):
         tmp_weights = folder / (WEIGHTS_NAME + ".tmp")
         save_file(state, str(tmp_weights), metadata={"format": "pt", "class": type(self).__name__})
         tmp_weights.replace(folder / WEIGHTS_NAME)
-        payload = {"_class": type(self).__name__, "_format_version": FORMAT_VERSION, **self.config}
-        (folder / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        write_versioned_config(folder / CONFIG_NAME, kind=type(self).__name__, version=FORMAT_VERSION, data=self.config)
         return folder
 
     # ----------------------------------------------------------------- loading
@@ -156,22 +156,9 @@ class ConfigModule(torch.nn.Module):
     def load_config(cls, folder: str | Path) -> dict[str, Any]:
         """Read and validate ``folder/config.json`` for this class; returns constructor kwargs."""
         path = Path(folder) / CONFIG_NAME
-        if not path.is_file():
-            raise CheckpointError(f"missing config file: expected {path}")
-        try:
-            payload = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"corrupt config file {path}: {exc}") from exc
-        if not isinstance(payload, dict):
-            raise CheckpointError(f"corrupt config file {path}: expected a JSON object")
-        saved_class = payload.pop("_class", None)
-        version = payload.pop("_format_version", None)
-        if saved_class != cls.__name__:
-            raise ConfigMismatchError(
-                f"{path} holds a {saved_class!r} checkpoint, cannot load it as {cls.__name__!r}"
-            )
-        if version != FORMAT_VERSION:
-            raise ConfigMismatchError(f"{path}: format version {version!r}, this code reads {FORMAT_VERSION}")
+        payload = read_versioned_config(
+            path, kind=cls.__name__, version=FORMAT_VERSION, error=CheckpointError, mismatch_error=ConfigMismatchError
+        ).data
         params = list(inspect.signature(cls.__init__).parameters)[1:]
         unknown = sorted(set(payload) - set(params))
         if unknown:

@@ -85,7 +85,7 @@ def test_round_trip_everything(tmp_path):
     np.testing.assert_array_equal(s.session, session)
     np.testing.assert_array_equal(ds.subject("s-2").session, -np.ones(5))
     m = ds.manifest
-    assert m["format_version"] == FORMAT_VERSION and m["metadata"] == {"seed": 1}
+    assert m["name"] == "toy" and m["metadata"] == {"seed": 1}
     sm = m["subjects"]["subj01"]
     assert sm["n_trials"] == len(idx) and sm["n_test_trials"] == 12 and sm["n_test_images"] == 4
     assert sm["n_train_images"] == 6 and sm["max_repetitions"] == 3 and sm["n_voxels"] == 7
@@ -348,12 +348,12 @@ def test_manifest_version_and_corruption_errors(tmp_path):
     rng = np.random.default_rng(11)
     images, betas, idx, split, rep = _toy(rng)
     root = _write(tmp_path / "ds", images, {"x": (betas, idx, split, rep)})
-    assert read_manifest(root)["format"] == "mindeye-dataset"
-    _edit_manifest(root, format_version=FORMAT_VERSION + 1)
-    with pytest.raises(DataFormatError, match=rf"manifest format version {FORMAT_VERSION + 1} is not supported .*version {FORMAT_VERSION}"):
+    assert read_manifest(root)["name"] == "toy"
+    _edit_manifest(root, _format_version=FORMAT_VERSION + 1)
+    with pytest.raises(DataFormatError, match=rf"mindeye-dataset format version {FORMAT_VERSION + 1} is not supported .*version {FORMAT_VERSION}"):
         open_dataset(root)
-    _edit_manifest(root, format_version=FORMAT_VERSION, format="something-else")
-    with pytest.raises(DataFormatError, match="not a mindeye-dataset manifest"):
+    _edit_manifest(root, _format_version=FORMAT_VERSION, _class="something-else")
+    with pytest.raises(DataFormatError, match="holds a 'something-else' manifest, not a 'mindeye-dataset' one"):
         open_dataset(root)
     (root / "manifest.json").write_text("{not json")
     with pytest.raises(DataFormatError, match="corrupt manifest"):

@@ -55,7 +55,7 @@ def test_errors_name_the_problem(tmp_path) -> None:  # type: ignore[no-untyped-d
     with pytest.raises(CheckpointError, match="missing config file"):
         _Head.from_pretrained(tmp_path / "nope")
     _Head(dim=4).save_pretrained(tmp_path)
-    with pytest.raises(ConfigMismatchError, match="'_Head' checkpoint, cannot load it as '_Other'"):
+    with pytest.raises(ConfigMismatchError, match="holds a '_Head' config file, not a '_Other' one"):
         _Other.from_pretrained(tmp_path)
     with pytest.raises(ConfigMismatchError, match="dim: saved 4, expected 8"):
         _Head.from_pretrained(tmp_path, expected_config={"dim": 8})

@@ -121,7 +121,7 @@ def test_load_errors(tmp_path) -> None:
         RidgeBaseline.load(folder)
     cfg["_class"] = "BrainMLP"
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConfigMismatchError, match="'BrainMLP' checkpoint"):
+    with pytest.raises(ConfigMismatchError, match="holds a 'BrainMLP' config file"):
         RidgeBaseline.load(folder)
     (folder / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt config"):

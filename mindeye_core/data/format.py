@@ -21,7 +21,6 @@ need to fit in memory; test betas are averaged over repetitions on demand (a few
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -29,6 +28,7 @@ from typing import Any, Iterator, Literal
 import h5py
 import numpy as np
 
+from ..configfile import dump_versioned_config, read_versioned_config
 from ..errors import DataFormatError
 from ..staging import discard_partial, publish_partial, start_partial
 
@@ -253,8 +253,6 @@ class DatasetWriter:
             f.close()
         self._images.close()
         manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
             "name": self.name,
             "world": self.world,
             "n_images": n_images,
@@ -264,7 +262,7 @@ class DatasetWriter:
             "subjects": subjects_meta,
             "metadata": metadata or {},
         }
-        publish_partial(self.root, MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        publish_partial(self.root, MANIFEST_NAME, dump_versioned_config(FORMAT_NAME, FORMAT_VERSION, manifest))
         self._finalized = True
         return self.root
 
@@ -287,7 +285,11 @@ class DatasetWriter:
 
 # ----------------------------------------------------------------------------------------------- reader
 def read_manifest(root: str | Path) -> dict[str, Any]:
-    """Read and validate ``root/manifest.json`` (format name and version)."""
+    """Read and validate ``root/manifest.json`` (format name and version); returns its payload.
+
+    The kind and version are checked by :func:`mindeye_core.configfile.read_versioned_config`
+    (manifests written before it, with ``format`` / ``format_version`` keys, still load).
+    """
     root = Path(root)
     path = root / MANIFEST_NAME
     if not root.is_dir():
@@ -295,17 +297,15 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     if not path.is_file():
         hint = " (an interrupted write? re-run the generation/conversion)" if any(root.iterdir()) else ""
         raise DataFormatError(f"{root} is not a complete dataset: missing {MANIFEST_NAME}{hint}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"corrupt manifest {path}: {exc}") from exc
-    if manifest.get("format") != FORMAT_NAME:
-        raise DataFormatError(f"{path}: not a {FORMAT_NAME} manifest (format={manifest.get('format')!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DataFormatError(
-            f"{path}: manifest format version {manifest.get('format_version')!r} is not supported "
-            f"(this code reads version {FORMAT_VERSION}); regenerate or convert the dataset again"
-        )
+    manifest = read_versioned_config(
+        path,
+        kind=FORMAT_NAME,
+        version=FORMAT_VERSION,
+        error=DataFormatError,
+        what="manifest",
+        legacy_kind_key="format",
+        legacy_version_key="format_version",
+    ).data
     return manifest
 
 

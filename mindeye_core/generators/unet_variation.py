@@ -37,13 +37,13 @@ Differences from the official MindEye reconstruction code, all selectable:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
+from ..configfile import read_versioned_config, write_versioned_config
 from ..encoders.base import check_images, freeze, resolve_local_source
 from ..encoders.clip import CLIP_MEAN, CLIP_STD
 from ..errors import CheckpointError, DataFormatError
@@ -52,6 +52,7 @@ from .base import Generator, check_embeddings, check_strength, img2img_steps
 __all__ = ["UNetVariationGenerator", "GENERATOR_CONFIG", "token_grid"]
 
 GENERATOR_CONFIG = "generator_config.json"
+GENERATOR_FORMAT_VERSION = 1
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
                       "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors.index.json")
 
@@ -301,9 +302,9 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
 
     # ------------------------------------------------------------------------------ save / load
     def generator_config(self) -> dict[str, Any]:
-        """JSON-serialisable settings (everything but the three components and uncond tensor)."""
+        """JSON-serialisable settings (everything but the three components and uncond tensor); saved as
+        ``generator_config.json`` with the class name and format version by :mod:`mindeye_core.configfile`."""
         return {
-            "_class": type(self).__name__,
             "n_tokens": self.n_tokens,
             "image_size": self.image_size,
             "default_steps": self.default_steps,
@@ -328,7 +329,8 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         if self.uncond_embedding is not None:
             save_file({"uncond_embedding": self.uncond_embedding.detach().cpu().contiguous()},
                       str(folder / "uncond_embedding.safetensors"))
-        (folder / GENERATOR_CONFIG).write_text(json.dumps(self.generator_config(), indent=2) + "\n")
+        write_versioned_config(folder / GENERATOR_CONFIG, kind=type(self).__name__, version=GENERATOR_FORMAT_VERSION,
+                               data=self.generator_config(), sort_keys=False)
         return folder
 
     @classmethod
@@ -352,10 +354,9 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
             resolve_local_source(folder, subfolder=sub, required=(("config.json",), files), what=f"generator {sub}")
         resolve_local_source(folder, subfolder="scheduler", required=(("scheduler_config.json",),),
                              what="generator scheduler")
-        cfg = json.loads((folder / GENERATOR_CONFIG).read_text())
-        saved_class = cfg.pop("_class", None)
-        if saved_class != cls.__name__:
-            raise CheckpointError(f"{folder / GENERATOR_CONFIG} holds a {saved_class!r}, not a {cls.__name__!r}")
+        # files written before format versions were recorded (the shipped demo generator) are version 1
+        cfg = read_versioned_config(folder / GENERATOR_CONFIG, kind=cls.__name__, version=GENERATOR_FORMAT_VERSION,
+                                    error=CheckpointError, missing_version=1).data
         kw: dict[str, Any] = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), **kw)
         vae = AutoencoderKL.from_pretrained(str(folder / "vae"), **kw)

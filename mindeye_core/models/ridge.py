@@ -33,7 +33,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ..configfile import read_versioned_config, write_versioned_config
 from ..errors import CheckpointError, ConfigMismatchError, DataFormatError, MindEyeError
 from ..io import check_expected_config, load_weights_file
 
@@ -320,12 +320,10 @@ class RidgeBaseline:
         save_file(tensors, str(tmp), metadata={"format": "pt", "class": "RidgeBaseline"})
         tmp.replace(folder / _WEIGHTS_NAME)
         payload = {
-            "_class": "RidgeBaseline",
-            "_format_version": _FORMAT_VERSION,
             **self.config,
             "fitted": {"alpha_": self.alpha_, "n_voxels_": self.n_voxels_, "target_shape_": list(self.target_shape_)},
         }
-        (folder / _CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        write_versioned_config(folder / _CONFIG_NAME, kind="RidgeBaseline", version=_FORMAT_VERSION, data=payload)
         return folder
 
     @classmethod
@@ -343,19 +341,9 @@ class RidgeBaseline:
         """
         folder = Path(folder)
         cpath = folder / _CONFIG_NAME
-        if not cpath.is_file():
-            raise CheckpointError(f"missing config file: expected {cpath}")
-        try:
-            payload = json.loads(cpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"corrupt config file {cpath}: {exc}") from exc
-        if not isinstance(payload, dict) or payload.get("_class") != "RidgeBaseline":
-            got = payload.get("_class") if isinstance(payload, dict) else None
-            raise ConfigMismatchError(f"{cpath} holds a {got!r} checkpoint, cannot load it as 'RidgeBaseline'")
-        if payload.get("_format_version") != _FORMAT_VERSION:
-            raise ConfigMismatchError(
-                f"{cpath}: format version {payload.get('_format_version')!r}, this code reads {_FORMAT_VERSION}"
-            )
+        payload = read_versioned_config(
+            cpath, kind="RidgeBaseline", version=_FORMAT_VERSION, error=CheckpointError, mismatch_error=ConfigMismatchError
+        ).data
         fitted = payload.get("fitted")
         if not isinstance(fitted, dict) or {"alpha_", "n_voxels_", "target_shape_"} - set(fitted):
             raise CheckpointError(f"{cpath}: missing the 'fitted' section (alpha_, n_voxels_, target_shape_)")

@@ -26,6 +26,7 @@ from mindeye_core.encoders import (
 )
 from mindeye_core.encoders.vicregl import MapsProjector, _timm_convnext
 from mindeye_core.errors import CheckpointError, ConfigMismatchError, DataFormatError
+from tiny_parts import tiny_open_clip_cfg, tiny_vae
 
 torch.set_num_threads(1)
 
@@ -38,15 +39,6 @@ def tiny_clip_vision(image_size: int = 32, patch: int = 8, proj: int = 24):
     cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                            image_size=image_size, patch_size=patch, projection_dim=proj)
     return CLIPVisionModelWithProjection(cfg).eval()
-
-
-def tiny_vae():
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-                         latent_channels=4, norm_num_groups=4, sample_size=32).eval()
 
 
 @pytest.fixture(scope="module")
@@ -178,19 +170,11 @@ def test_hub_id_offline_is_a_checkpoint_error() -> None:
 
 
 # --------------------------------------------------------------------------------- open_clip
-def _tiny_open_clip_cfg() -> dict:
-    return {
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
-    }
-
-
 def test_open_clip_round_trip_and_hidden_target(tmp_path: Path) -> None:
     import open_clip
 
     torch.manual_seed(0)
-    cfg = _tiny_open_clip_cfg()
+    cfg = tiny_open_clip_cfg()
     model = open_clip.CLIP(**cfg).eval()
     folder = save_open_clip_folder(model, tmp_path / "tiny-clip", cfg)
     enc = OpenClipEncoder.from_pretrained(folder, target="hidden")
@@ -212,7 +196,7 @@ def test_open_clip_missing_weights(tmp_path: Path) -> None:
 
     folder = tmp_path / "oc"
     folder.mkdir()
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": _tiny_open_clip_cfg()}))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny_open_clip_cfg()}))
     with pytest.raises(CheckpointError, match=str(folder / "open_clip_model.safetensors")):
         OpenClipEncoder.from_pretrained(folder)
     with pytest.raises(CheckpointError, match=str(tmp_path / "absent")):
@@ -225,7 +209,7 @@ def test_conv_stem_open_clip_round_trip(tmp_path: Path) -> None:
     import json
 
     torch.manual_seed(0)
-    cfg = _tiny_open_clip_cfg()
+    cfg = tiny_open_clip_cfg()
     model = build_open_clip_model(cfg, conv_stem=[8, 16, 16]).eval()
     assert isinstance(model.visual.conv1, ConvStem)
     x = images(2, 32)

@@ -15,38 +15,11 @@ from mindeye_core.generators import (
     img2img_steps,
     load_versatile_pipeline,
 )
+from tiny_parts import tiny_unet, tiny_vae, unipc
 
 torch.set_num_threads(1)
 
 T, D = 17, 24  # tiny stand-in for VD's 257 x 768 image context
-
-
-def tiny_unet(seed: int = 0, in_channels: int = 4):
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=D, attention_head_dim=8, norm_num_groups=8,
-    ).eval()
-
-
-def tiny_vae(seed: int = 1):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-                         latent_channels=4, norm_num_groups=4, sample_size=16).eval()
-
-
-def unipc():
-    from diffusers import UniPCMultistepScheduler
-
-    # Stable-Diffusion-like beta schedule (VD's scheduler config)
-    return UniPCMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                   num_train_timesteps=1000)
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,15 @@ of the ``steps`` denoising steps, starting from the init latents noised to that 
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from ..errors import ConfigMismatchError, DataFormatError
 
-__all__ = ["Generator", "check_strength", "img2img_steps", "check_embeddings"]
+__all__ = ["Generator", "check_strength", "img2img_steps", "check_embeddings", "seed_generators"]
 
 
 def check_strength(strength: float) -> float:
@@ -56,6 +58,35 @@ def check_embeddings(embeddings: torch.Tensor, expected: tuple[int, ...] | None,
     return embeddings
 
 
+def seed_generators(seed: int | Sequence[int], batch: int, *, who: str = "generate") -> torch.Generator | list[torch.Generator]:
+    """CPU random generators for ``seed``: one for an int, one per input row for a sequence.
+
+    Args:
+        seed: an int (one generator for the whole batch) or ``batch`` ints (generator ``i`` =
+            ``torch.Generator().manual_seed(seed[i])`` draws all of row ``i``'s noise, so a row's
+            output does not depend on the other rows of its batch).
+        batch: the number of input rows ``B``.
+        who: caller, for error messages.
+
+    Raises:
+        ValueError: a sequence whose length is not ``batch``, or a seed that is not an integer.
+    """
+    if isinstance(seed, numbers.Integral) or (isinstance(seed, torch.Tensor) and seed.ndim == 0):
+        return torch.Generator().manual_seed(int(seed))
+    if isinstance(seed, (str, bytes)) or not isinstance(seed, Iterable):
+        if isinstance(seed, float) and seed.is_integer():
+            return torch.Generator().manual_seed(int(seed))
+        raise ValueError(f"{who}: seed must be an int or a sequence of {batch} ints, got {seed!r}")
+    values = list(seed)
+    if any(not isinstance(s, numbers.Integral) and not (isinstance(s, torch.Tensor) and s.ndim == 0
+                                                         and not s.is_floating_point()) for s in values):
+        raise ValueError(f"{who}: seeds must be integers, got {values[:8]}")
+    if len(values) != batch:
+        raise ValueError(f"{who}: got {len(values)} seeds for {batch} input rows (seed must be an int or one "
+                         f"int per input row)")
+    return [torch.Generator().manual_seed(int(s)) for s in values]
+
+
 class Generator(ABC):
     """Abstract embedding -> image generator.
 
@@ -89,7 +120,7 @@ class Generator(ABC):
         n_samples: int = 1,
         steps: int | None = None,
         guidance: float | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
     ) -> torch.Tensor:
         """Generate images.
 
@@ -102,7 +133,9 @@ class Generator(ABC):
             n_samples: images per input (MindEye: 16, then best-of-N by CLIP similarity).
             steps: denoising steps (default :attr:`default_steps`).
             guidance: classifier-free guidance scale (default :attr:`default_guidance`; 1 disables).
-            seed: seeds all randomness; equal seeds and inputs give equal outputs.
+            seed: seeds all randomness; equal seeds and inputs give equal outputs. A sequence gives
+                one seed per input row (``B`` of them, see :func:`seed_generators`): row ``i``'s noise
+                is drawn from its own generator, so its images equal those of row ``i`` run alone.
 
         Returns:
             ``(B, n_samples, 3, image_size, image_size)`` in ``[0, 1]``.

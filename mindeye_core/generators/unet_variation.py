@@ -37,6 +37,7 @@ Differences from the official MindEye reconstruction code, all selectable:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,7 +48,7 @@ from ..configfile import read_versioned_config, write_versioned_config
 from ..encoders.base import check_images, freeze, resolve_local_source
 from ..encoders.clip import CLIP_MEAN, CLIP_STD
 from ..errors import CheckpointError, DataFormatError
-from .base import Generator, check_embeddings, check_strength, img2img_steps
+from .base import Generator, check_embeddings, check_strength, img2img_steps, seed_generators
 
 __all__ = ["UNetVariationGenerator", "GENERATOR_CONFIG", "token_grid"]
 
@@ -178,7 +179,8 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         """Hook applied to the conditioning before sampling (identity here)."""
         return embeddings
 
-    def encode_init(self, init_images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode_init(self, init_images: torch.Tensor,
+                    generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
         """Init images ``(B, 3, H, W)`` in [0, 1] -> scaled latents ``(B, C, h, w)``.
 
         Images of another size are resized to :attr:`image_size` (bilinear, antialiased).
@@ -206,9 +208,23 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         img = self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor).sample
         return (img.float() / 2 + 0.5).clamp(0, 1)
 
-    def _randn(self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None) -> torch.Tensor:
-        # drawn on the CPU so that a seed gives the same images on every device
-        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(self.device, self.dtype)
+    def _randn(self, shape: tuple[int, ...] | torch.Size,
+               generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+        """Standard normal ``shape`` drawn on the CPU (so a seed gives the same images on every device).
+
+        With a sequence of ``k`` generators, ``shape[0]`` must be a multiple ``k m``; rows
+        ``[i m, (i + 1) m)`` are drawn from generator ``i`` (the ``repeat_interleave`` layout of
+        :meth:`generate`: input ``i``'s samples).
+        """
+        shape = tuple(shape)
+        if generator is None or isinstance(generator, torch.Generator):
+            return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
+        gens = list(generator)
+        if not gens or shape[0] % len(gens):
+            raise ValueError(f"_randn: {shape[0]} rows cannot be split over {len(gens)} generators")
+        rows = (shape[0] // len(gens), *shape[1:])
+        parts = [torch.randn(rows, generator=g, dtype=torch.float32) for g in gens]
+        return torch.cat(parts).to(self.device, self.dtype)
 
     # ------------------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -220,9 +236,16 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         n_samples: int = 1,
         steps: int | None = None,
         guidance: float | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
     ) -> torch.Tensor:
-        """See :meth:`Generator.generate`. Returns ``(B, n_samples, 3, image_size, image_size)``."""
+        """See :meth:`Generator.generate`. Returns ``(B, n_samples, 3, image_size, image_size)``.
+
+        Random numbers, in this order: the init posterior noise ``(B, C, h, w)`` (img2img with
+        ``sample_init_posterior`` only), then the latent noise ``(B n, C, h, w)`` (initial latents, or
+        the img2img noise). With one seed per input row, row ``i`` draws its ``(1, C, h, w)``
+        posterior noise and then its ``(n, C, h, w)`` latent noise from
+        ``torch.Generator().manual_seed(seed[i])``, so its images do not depend on the other rows.
+        """
         who = type(self).__name__
         steps = self.default_steps if steps is None else int(steps)
         guidance = self.default_guidance if guidance is None else float(guidance)
@@ -241,7 +264,7 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
             raise DataFormatError(f"{who}: {init_images.shape[0]} init images for {b} embeddings")
         n_run = steps if init_images is None else img2img_steps(s, steps)
 
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = seed_generators(seed, b, who=who)
         cond = self.prepare_embeddings(embeddings.to(self.device, torch.float32)).to(self.dtype)
         cond = cond.repeat_interleave(n, dim=0)  # (B*n, T, D): sample k of input i at row i*n + k
         use_cfg = guidance != 1.0

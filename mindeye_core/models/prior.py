@@ -40,6 +40,7 @@ feed-forward is dalle2's SwiGLU with ``ff_mult = 4`` and bias-free layers.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -178,9 +179,19 @@ class PriorTransformer(nn.Module):
         return self.project_out(self.norm(x))
 
 
-def _draw_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
-    """Random numbers are drawn where the generator lives (or directly on ``device`` without one)."""
-    return generator.device if generator is not None else device
+def _draw_device(generator: torch.Generator | Sequence[torch.Generator] | None, device: torch.device) -> torch.device:
+    """Random numbers are drawn where the generator lives (or directly on ``device`` without one).
+
+    For a sequence of per-row generators (:meth:`DiffusionPrior.sample`) all must live on one device.
+    """
+    if generator is None:
+        return device
+    if isinstance(generator, torch.Generator):
+        return generator.device
+    devices = {g.device for g in generator}
+    if len(devices) != 1:
+        raise ValueError(f"per-row generators must all live on one device, got {sorted(map(str, devices))}")
+    return devices.pop()
 
 
 class DiffusionPrior(ConfigModule):
@@ -325,7 +336,7 @@ class DiffusionPrior(ConfigModule):
         self,
         brain: torch.Tensor,
         *,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         cond_scale: float = 1.0,
         return_trajectory: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
@@ -334,7 +345,10 @@ class DiffusionPrior(ConfigModule):
         Args:
             brain: ``(B, N, dim)`` backbone tokens.
             generator: ``torch.Generator`` for the initial noise and every step's noise, drawn on the
-                generator's device (a CPU generator gives the same samples on every device).
+                generator's device (a CPU generator gives the same samples on every device); or a
+                sequence of ``B`` generators, one per row: row ``i`` draws its initial ``(N, dim)`` noise
+                and then each step's ``(N, dim)`` noise from ``generator[i]``, so its sample equals that
+                of row ``i`` run alone (up to float rounding of the batched network).
             cond_scale: classifier-free guidance scale (1 = no guidance).
             return_trajectory: also return the list of ``x0`` predictions per step (target units).
 
@@ -343,8 +357,20 @@ class DiffusionPrior(ConfigModule):
         """
         self._check(brain, "brain tokens")
         b, device, dtype = brain.shape[0], brain.device, brain.dtype if brain.is_floating_point() else torch.float32
-        rng = _draw_device(generator, device)
-        x = torch.randn(brain.shape, generator=generator, dtype=torch.float32, device=rng).to(device=device, dtype=dtype)
+        rows = None if generator is None or isinstance(generator, torch.Generator) else list(generator)
+        if rows is not None and len(rows) != b:
+            raise DataFormatError(f"DiffusionPrior.sample: {len(rows)} generators for {b} rows (need one per row)")
+        rng = _draw_device(generator if rows is None else rows, device)
+
+        def randn() -> torch.Tensor:
+            if rows is not None:  # one generator per row, each drawing its own (N, dim)
+                noise = torch.cat([torch.randn((1, *brain.shape[1:]), generator=g, dtype=torch.float32, device=rng)
+                                   for g in rows])
+            else:
+                noise = torch.randn(brain.shape, generator=generator, dtype=torch.float32, device=rng)
+            return noise.to(device=device, dtype=dtype)
+
+        x = randn()
         trajectory: list[torch.Tensor] = []
         keep_all = torch.ones(b, dtype=torch.bool, device=device)
         drop_all = torch.zeros(b, dtype=torch.bool, device=device)
@@ -358,7 +384,7 @@ class DiffusionPrior(ConfigModule):
                 trajectory.append(x0 / self.image_embed_scale)
             mean, logvar = self.schedule.posterior(x0, x, t)
             if i > 0:
-                noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=rng).to(device=device, dtype=dtype)
+                noise = randn()
                 x = mean + (0.5 * logvar).exp() * noise
             else:
                 x = mean

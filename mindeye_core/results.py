@@ -1,35 +1,25 @@
-"""The results bundle: everything the app and the tables read about one evaluated model.
+"""The results bundle (format version 2): everything the app and the tables read about one evaluated world.
 
-A bundle is a folder::
+The format is specified in ``docs/results_bundle.md``; in short::
 
     <root>/
-      manifest.json      written LAST (its presence means "complete"); versioned
-      <subject>.h5       one per subject, N test samples each:
-        /image_index       int64 (N,)            row of the dataset's images.h5 shown in sample i
-        /ground_truth      uint8 (N, H, W, 3)    the seen images
-        /blurry            uint8 (N, H, W, 3)    low-level reconstructions (optional)
-        /finals            uint8 (S, N, H, W, 3) final reconstructions, one per img2img strength
-        /brain_embeddings  float32 (N, D)        e.g. projector outputs (retrieval space), flattened
-        /image_embeddings  float32 (N, D)        CLIP embeddings of the ground truths, same space
-        /retrieval/brain_to_image_rank  int64 (N,)  rank of the correct image among all N (0 = top-1)
-        /retrieval/image_to_brain_rank  int64 (N,)
-        /neighbours        int64 (N, K)          for brain sample i, the K most similar test images (rows)
-        /neighbour_scores  float32 (N, K)        their cosine similarities, descending
-        /umap              float32 (2, N, 2)     optional: [0] brain, [1] image embeddings in 2-D
+      manifest.json   written LAST (its presence means "complete"); {"format": "mindeye-results", "version": 2}
+      stimuli.h5      /image_index int64 (M,), /images uint8 (M, H, W, 3): the test images, once for all subjects
+      <subject>.h5    N test samples: image_index, stimulus_row, seed, blurry, finals (S, N, H, W, 3),
+                      candidates (N, K, H, W, 3), candidate_scores (N, K), picked (N,),
+                      prior_samples float16 (N, K, T, D), embeddings/<space> float16 (N, E), umap (4, N, 2),
+                      retrieval/{similarity (N, N), brain_to_image_rank (N,), image_to_brain_rank (N,)},
+                      ridge/{retrieval/..., blurry, finals}
 
-``manifest.json``::
+:class:`ResultsWriter` stages everything in ``<root>.partial`` (:mod:`mindeye_core.staging`) and computes the
+similarity matrix and both rank vectors from the embeddings (float32, :mod:`mindeye_core.similarity`).
+:func:`open_results` validates the manifest and every array's shape and dtype and returns a
+:class:`ResultsBundle` whose arrays are read lazily (h5py). Any problem raises
+:class:`~mindeye_core.errors.DataFormatError` naming the file and the dataset.
 
-    {"format": "mindeye-results", "version": 1, "world": "demo", "dataset": "...",
-     "strengths": [0.0, 0.15, ...],               # paper convention: 0 = high-level only, 1 = blurry only
-     "created": "2026-...Z", "metadata": {...},
-     "subjects": {"subj01": {"file": "subj01.h5", "n_samples": N, "image_size": [H, W],
-                             "embedding_dim": D, "n_neighbours": K, "has_blurry": true, "has_umap": false,
-                             "metrics": {"strengths": {"0.15": {"pixcorr": ..., ...}},
-                                         "retrieval": {...}, "unavailable": {...}, "protocol": {...}}}}}
-
-Retrieval ranks and neighbours are computed by the writer from the embeddings (exact cosine, chunked).
-:func:`open_results` validates the manifest and every array's shape and dtype and raises
-:class:`~mindeye_core.errors.DataFormatError` naming the file and the problem.
+Reading a bundle imports neither torch, torchvision nor :mod:`mindeye_core.metrics` (this module imports only
+numpy, h5py, :mod:`mindeye_core.similarity`, :mod:`mindeye_core.staging` and :mod:`mindeye_core.errors`);
+``huggingface_hub`` is imported only by :func:`push_results_to_hub` / :func:`results_from_hub`.
 """
 
 from __future__ import annotations
@@ -43,15 +33,25 @@ from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
-import torch
 
-from .errors import DataFormatError
+from . import __version__
+from .errors import DataFormatError, MindEyeError
+from .similarity import DIRECTIONS, as_numpy, cosine_matrix, ranks, top_k_of_similarity
 from .staging import discard_partial, partial_path, publish_partial, start_partial
-from .metrics.retrieval import full_set_ranks, normalise_embeddings
 
 FORMAT_NAME = "mindeye-results"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
+STIMULI_FILE = "stimuli.h5"
+DEFAULT_STRENGTHS: tuple[float, ...] = (0.0, 0.15, 0.3, 0.5, 0.7, 1.0)
+"""img2img strength grid, paper convention: 0 = pure high-level, 1 = only the blurry image."""
+DEFAULT_STRENGTH = 0.15
+"""The paper's default strength (must be on the grid)."""
+UMAP_SPACES: tuple[str, ...] = ("clip_image", "backbone", "projector", "prior")
+"""Embedding spaces of a bundle, in the order of ``/umap`` (paper Figure 9)."""
+TEST_MODES = ("average", "single")
+"""``average``: 3-trial averages (the paper's test set); ``single``: single trials."""
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def strength_key(strength: float) -> str:
@@ -60,19 +60,31 @@ def strength_key(strength: float) -> str:
 
 
 def _subject_file(subject: str) -> str:
-    if not subject or any(c in subject for c in "/\\ .") or subject.startswith("manifest"):
+    if (not subject or any(c in subject for c in "/\\ .") or subject.startswith("manifest")
+            or f"{subject}.h5" == STIMULI_FILE):
         raise DataFormatError(f"invalid subject name {subject!r}: use letters, digits, '-' or '_'")
     return f"{subject}.h5"
 
 
-def _as_uint8_images(x: Any, name: str, n: int | None = None) -> np.ndarray:
-    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    if a.ndim == 4 and a.shape[1] == 3 and a.shape[-1] != 3:
-        a = a.transpose(0, 2, 3, 1)
-    if a.ndim != 4 or a.shape[-1] != 3:
-        raise DataFormatError(f"{name}: expected images (N, H, W, 3), got shape {a.shape}")
-    if n is not None and a.shape[0] != n:
-        raise DataFormatError(f"{name}: expected {n} images, got {a.shape[0]}")
+# ------------------------------------------------------------------------------------- input checks
+def _shape_text(labels: Sequence[str], shape: Sequence[int | None]) -> str:
+    parts = [lab if s is None or lab == str(s) else f"{lab}={s}" for lab, s in zip(labels, shape)]
+    return "(" + ", ".join(parts) + ")"
+
+
+def _check_shape(a: np.ndarray, name: str, labels: Sequence[str], shape: Sequence[int | None]) -> None:
+    if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
+        raise DataFormatError(f"{name}: expected shape {_shape_text(labels, shape)}, got {tuple(a.shape)}")
+
+
+def _images(x: Any, name: str, labels: Sequence[str], lead: Sequence[int | None],
+            size: tuple[int, int] | None = None) -> np.ndarray:
+    """``(*lead, H, W, 3)`` uint8 from uint8 or [0, 1]-float images (channels-first ``(*lead, 3, H, W)`` too)."""
+    a = as_numpy(x)
+    if a.ndim == len(lead) + 3 and a.shape[-3] == 3 and a.shape[-1] != 3:
+        a = np.moveaxis(a, -3, -1)
+    h, w = (None, None) if size is None else size
+    _check_shape(a, name, [*labels, "H", "W", "3"], [*lead, h, w, 3])
     if a.dtype == np.uint8:
         return np.ascontiguousarray(a)
     if not np.issubdtype(a.dtype, np.floating):
@@ -84,136 +96,334 @@ def _as_uint8_images(x: Any, name: str, n: int | None = None) -> np.ndarray:
     return (a * 255.0 + 0.5).astype(np.uint8)
 
 
-def _top_k(brain: torch.Tensor, image: torch.Tensor, k: int, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    idx, val = [], []
-    for s in range(0, brain.shape[0], chunk_size):
-        sims = brain[s : s + chunk_size] @ image.T
-        v, i = torch.topk(sims, k, dim=1)
-        idx.append(i.numpy())
-        val.append(v.numpy())
-    return np.concatenate(idx).astype(np.int64), np.concatenate(val).astype(np.float32)
+def _floats(x: Any, name: str, labels: Sequence[str], shape: Sequence[int | None], dtype: Any = np.float32) -> np.ndarray:
+    a = as_numpy(x)
+    _check_shape(a, name, labels, shape)
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise DataFormatError(f"{name}: expected floats, got dtype {a.dtype}")
+    a = a.astype(np.float32)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise DataFormatError(f"{name}: {int(bad.sum())} NaN/inf values")
+    if dtype == np.float16 and a.size and float(np.abs(a).max()) > _FLOAT16_MAX:
+        raise DataFormatError(f"{name}: values up to {float(np.abs(a).max()):.4g} overflow float16 storage")
+    return a.astype(dtype)
+
+
+def _ints(x: Any, name: str, labels: Sequence[str], shape: Sequence[int | None]) -> np.ndarray:
+    a = as_numpy(x)
+    _check_shape(a, name, labels, shape)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise DataFormatError(f"{name}: expected integers, got dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
+def _embeddings(x: Any, name: str, n: int, t: int, d: int) -> np.ndarray:
+    """``(N, T, D)`` or ``(N, T*D)`` -> ``(N, T*D)`` float32 (finite)."""
+    a = as_numpy(x)
+    if a.ndim == 3:
+        _check_shape(a, name, ["N", "T", "D"], [n, t, d])
+    else:
+        _check_shape(a, name, ["N", "E"], [n, t * d])
+    return _floats(a.reshape(n, t * d), name, ["N", "E"], [n, t * d])
+
+
+@dataclass
+class RidgeArrays:
+    """The ridge baseline of one subject, on the same N test samples (input of :meth:`ResultsWriter.add_subject`).
+
+    Attributes:
+        brain_embeddings: ``(N, T, D)`` or ``(N, E)`` ridge predictions in the projector's (CLIP image) space.
+        finals: optional ``(N, H, W, 3)`` ridge hidden tokens through the same generator, default strength.
+        blurry: optional ``(N, H, W, 3)`` ridge to VAE latents, decoded.
+    """
+
+    brain_embeddings: Any
+    finals: Any = None
+    blurry: Any = None
+
+
+def _h5_put(h5: h5py.File, key: str, data: np.ndarray, *, image_dims: int = 0, chunks: tuple[int, ...] | None = None) -> None:
+    """Write one dataset with fletcher32; images (last 3 axes) gzip-compressed one chunk per image."""
+    kwargs: dict[str, Any] = {"fletcher32": True}
+    if image_dims:
+        kwargs.update(chunks=(1,) * (data.ndim - 3) + data.shape[-3:], compression="gzip", compression_opts=4)
+    elif chunks is not None:
+        kwargs["chunks"] = chunks
+    h5.create_dataset(key, data=data, **kwargs)
+
+
+def _retrieval_arrays(brain: np.ndarray, image: np.ndarray, names: tuple[str, str]) -> dict[str, np.ndarray]:
+    """``similarity [brain, image] (N, N)`` float32 and both strict rank vectors, from the same matrix."""
+    sim = cosine_matrix(brain, image, names=names)
+    return {"similarity": sim, "brain_to_image_rank": ranks(sim), "image_to_brain_rank": ranks(sim.T)}
 
 
 # ---------------------------------------------------------------------------------------------- writer
 class ResultsWriter:
-    """Write a results bundle; everything lands in ``<root>.partial`` until :meth:`finalize`.
+    """Write a results bundle (format 2); everything lands in ``<root>.partial`` until :meth:`finalize`.
 
     Usage::
 
-        with ResultsWriter(root, strengths=[0.0, 0.15, 1.0], world="demo", dataset="demo-v1") as w:
-            w.add_subject("subj01", image_index=idx, ground_truth=gt, finals=finals,
-                          brain_embeddings=b, image_embeddings=v, blurry=blurry)
-            w.finalize()
+        with ResultsWriter(root, world="demo", dataset="demo-v1") as w:
+            w.add_stimuli(image_index, images)                       # (M,), (M, H, W, 3)
+            w.add_subject("subj01", image_index=..., seeds=..., finals=..., candidates=...,
+                          candidate_scores=..., prior_samples=..., brain_embeddings=...,
+                          image_embeddings=..., blurry=..., umap=..., ridge=RidgeArrays(...))
+            w.finalize(metadata={...}, provenance={...})
+
+    Leaving the ``with`` block without :meth:`finalize` (e.g. on an exception) deletes the partial folder,
+    so nothing that opens is left behind.
+
+    Args:
+        root: the bundle folder to create.
+        world: ``"demo"`` or ``"nsd"`` (free text, stored in the manifest).
+        dataset: name/version of the canonical dataset the samples come from.
+        strengths: img2img strength grid (paper convention), the order of the ``finals`` axis.
+        default_strength: the strength of ``candidates``/``picked``; must be on the grid.
+        overwrite: replace an existing bundle at ``root`` (only when :meth:`finalize` succeeds).
     """
 
-    def __init__(self, root: str | Path, *, strengths: Sequence[float], world: str, dataset: str = "", overwrite: bool = False) -> None:
+    def __init__(self, root: str | Path, *, world: str, dataset: str = "",
+                 strengths: Sequence[float] = DEFAULT_STRENGTHS, default_strength: float = DEFAULT_STRENGTH,
+                 overwrite: bool = False) -> None:
         self.root = Path(root)
         if self.root.exists() and not overwrite:
             raise DataFormatError(f"results bundle already exists: {self.root} (pass overwrite=True to replace it)")
         strengths = [float(s) for s in strengths]
         if not strengths or any(not (0.0 <= s <= 1.0) for s in strengths):
             raise DataFormatError(f"strengths must be a non-empty list of values in [0, 1], got {strengths}")
-        if len({strength_key(s) for s in strengths}) != len(strengths):
+        keys = [strength_key(s) for s in strengths]
+        if len(set(keys)) != len(keys):
             raise DataFormatError(f"duplicate strengths: {strengths}")
+        if strength_key(default_strength) not in keys:
+            raise DataFormatError(f"default strength {default_strength:g} is not on the strength grid {strengths}")
         self.strengths = strengths
+        self.default_strength = float(default_strength)
+        self._default_pos = keys.index(strength_key(default_strength))
         self.world = world
         self.dataset = dataset
-        self.overwrite = overwrite
         self.subjects: dict[str, dict[str, Any]] = {}
+        self.stimuli: dict[str, Any] | None = None
+        self._stimulus_rows: dict[int, int] = {}
         self.partial = start_partial(self.root)
         self._done = False
 
+    # stimuli --------------------------------------------------------------------------------------
+    def add_stimuli(self, image_index: Any, images: Any) -> None:
+        """Store the test images once for all subjects.
+
+        Args:
+            image_index: ``(M,)`` unique non-negative ints, rows of the canonical dataset's images.h5.
+            images: ``(M, H, W, 3)`` (or ``(M, 3, H, W)``) uint8 or float in [0, 1].
+        """
+        if self.stimuli is not None:
+            raise DataFormatError("stimuli added twice")
+        idx = _ints(image_index, "stimuli image_index", ["M"], [None])
+        m = idx.shape[0]
+        if m == 0:
+            raise DataFormatError("stimuli image_index: no images")
+        if (idx < 0).any():
+            raise DataFormatError(f"stimuli image_index: negative value {int(idx[idx < 0][0])}")
+        uniq, counts = np.unique(idx, return_counts=True)
+        if (counts > 1).any():
+            raise DataFormatError(f"stimuli image_index: {int((counts > 1).sum())} duplicated values (first: {int(uniq[counts > 1][0])})")
+        imgs = _images(images, "stimuli images", ["M"], [m])
+        with h5py.File(self.partial / STIMULI_FILE, "w") as h5:
+            _h5_put(h5, "image_index", idx)
+            _h5_put(h5, "images", imgs, image_dims=3)
+        self._stimulus_rows = {int(v): i for i, v in enumerate(idx)}
+        self.stimuli = {"file": STIMULI_FILE, "n_images": int(m), "image_size": [int(imgs.shape[1]), int(imgs.shape[2])]}
+
+    # subjects -------------------------------------------------------------------------------------
     def add_subject(
         self,
         subject: str,
         *,
         image_index: Any,
-        ground_truth: Any,
+        seeds: Any,
         finals: Any,
+        candidates: Any,
+        candidate_scores: Any,
+        prior_samples: Any,
         brain_embeddings: Any,
         image_embeddings: Any,
+        picked: Any = None,
         blurry: Any = None,
+        backbone_embeddings: Any = None,
+        prior_embeddings: Any = None,
+        store_embeddings: bool = True,
         umap: Any = None,
-        n_neighbours: int = 10,
+        ridge: RidgeArrays | None = None,
+        test_mode: str = "average",
         metrics: Mapping[str, Any] | None = None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> None:
-        """Add one subject (shapes in the module docstring).
+        """Validate and write one subject (N samples, K candidates, S strengths, tokens ``(T, D)``).
 
-        ``finals`` is ``(S, N, H, W, 3)`` in the order of ``strengths``; images may be uint8 or float in
-        [0, 1]. ``umap`` is ``(2, N, 2)`` or ``None``. Retrieval ranks and the ``n_neighbours`` nearest test
-        images of each brain sample are computed here.
+        Args:
+            subject: file-safe name (``subj01``).
+            image_index: ``(N,)`` dataset image row of each sample; every value must be in the stimuli.
+            seeds: ``(N,)`` ints, per-sample seed of prior sampling and generation.
+            finals: ``(S, N, H, W, 3)`` best-of-K reconstructions at each grid strength (order of ``strengths``);
+                images may be uint8 or float in [0, 1] (channels-first accepted).
+            candidates: ``(N, K, H, W, 3)`` the K candidates at the default strength.
+            candidate_scores: ``(N, K)`` cosine(CLIP(candidate), projector output).
+            prior_samples: ``(N, K, T, D)`` the prior's samples (stored float16; must fit its range).
+            brain_embeddings: ``(N, T, D)`` or ``(N, E)``, ``E = T * D``: projector outputs (retrieval space).
+            image_embeddings: same shape: CLIP image embeddings of the seen images (``clip_image``).
+            picked: ``(N,)`` index of the final among the candidates; computed as the argmax of
+                ``candidate_scores`` when ``None``; when given it must point at a best-scoring candidate.
+                Either way ``finals`` at the default strength must equal ``candidates[i, picked[i]]``.
+            blurry: optional ``(N, H, W, 3)`` low-level reconstructions.
+            backbone_embeddings, prior_embeddings: optional, same shape as ``brain_embeddings``.
+            store_embeddings: store the given spaces under ``/embeddings/<space>`` (float16, ``(N, E)``).
+            umap: optional ``(4, N, 2)`` coordinates in the order of :data:`UMAP_SPACES`
+                (see :func:`mindeye_core.projection.bundle_umap`).
+            ridge: optional :class:`RidgeArrays` (ridge baseline on the same samples).
+            test_mode: ``"average"`` (3-trial averages) or ``"single"``.
+            metrics, provenance: JSON-serialisable mappings stored in the manifest.
+
+        Raises:
+            DataFormatError: naming the subject and the array, for any shape, dtype or value problem.
         """
         fname = _subject_file(subject)
         if subject in self.subjects:
             raise DataFormatError(f"subject {subject} added twice")
-        index = np.asarray(image_index).reshape(-1)
-        if not np.issubdtype(index.dtype, np.integer) or (index < 0).any():
-            raise DataFormatError(f"{subject}: image_index must be non-negative integers")
+        if self.stimuli is None:
+            raise DataFormatError(f"{subject}: call add_stimuli(image_index, images) before add_subject")
+        if test_mode not in TEST_MODES:
+            raise DataFormatError(f"{subject}: test_mode must be one of {TEST_MODES}, got {test_mode!r}")
+        p = f"{subject} "  # prefix of every message
+        if brain_embeddings is None or image_embeddings is None:
+            raise DataFormatError(f"{subject}: brain_embeddings (projector) and image_embeddings (clip_image) are required")
+        index = _ints(image_index, p + "image_index", ["N"], [None])
         n = index.shape[0]
         if n < 2:
-            raise DataFormatError(f"{subject}: need at least 2 test samples, got {n}")
-        gt = _as_uint8_images(ground_truth, f"{subject} ground_truth", n)
-        fin = finals.detach().cpu().numpy() if isinstance(finals, torch.Tensor) else np.asarray(finals)
-        if fin.ndim != 5 or fin.shape[0] != len(self.strengths):
+            raise DataFormatError(f"{p}image_index: need at least 2 test samples, got {n}")
+        missing = [int(v) for v in index if int(v) not in self._stimulus_rows]
+        if missing:
+            raise DataFormatError(f"{p}image_index: {len(missing)} values are not in the stimuli (first: {missing[0]})")
+        rows = np.array([self._stimulus_rows[int(v)] for v in index], np.int64)
+        seed = _ints(seeds, p + "seeds", ["N"], [n])
+        s_count = len(self.strengths)
+        fin = _images(finals, p + "finals", ["S", "N"], [s_count, n])
+        size = (int(fin.shape[2]), int(fin.shape[3]))
+        cand = _images(candidates, p + "candidates", ["N", "K"], [n, None], size)
+        k = cand.shape[1]
+        if k < 1:
+            raise DataFormatError(f"{p}candidates: need at least one candidate per sample")
+        scores = _floats(candidate_scores, p + "candidate_scores", ["N", "K"], [n, k])
+        best = scores.argmax(axis=1)
+        if picked is None:
+            pick = best.astype(np.int64)
+        else:
+            pick = _ints(picked, p + "picked", ["N"], [n])
+            if ((pick < 0) | (pick >= k)).any():
+                raise DataFormatError(f"{p}picked: values must lie in [0, {k}), got [{pick.min()}, {pick.max()}]")
+            worse = np.flatnonzero(scores[np.arange(n), pick] < scores[np.arange(n), best])
+            if worse.size:
+                raise DataFormatError(f"{p}picked: sample {int(worse[0])} does not pick a best-scoring candidate "
+                                      f"({worse.size} samples); picked must be the argmax of candidate_scores")
+        differ = np.flatnonzero((fin[self._default_pos] != cand[np.arange(n), pick]).reshape(n, -1).any(axis=1))
+        if differ.size:
             raise DataFormatError(
-                f"{subject} finals: expected (S={len(self.strengths)} strengths, N, H, W, 3), got shape {fin.shape}"
+                f"{p}finals: at the default strength {self.default_strength:g} finals must be candidates[i, picked[i]]; "
+                f"{differ.size} samples differ (first: {int(differ[0])})"
             )
-        fin = np.stack([_as_uint8_images(f, f"{subject} finals[strength {s:g}]", n) for f, s in zip(fin, self.strengths)])
-        blur = None if blurry is None else _as_uint8_images(blurry, f"{subject} blurry", n)
-        b = normalise_embeddings(brain_embeddings, f"{subject} brain embeddings")
-        v = normalise_embeddings(image_embeddings, f"{subject} image embeddings")
-        if b.shape != v.shape or b.shape[0] != n:
-            raise DataFormatError(
-                f"{subject}: brain embeddings {tuple(b.shape)} and image embeddings {tuple(v.shape)} must both be ({n}, D)"
-            )
-        ranks = full_set_ranks(b, v)
-        k = min(int(n_neighbours), n)
-        nb_idx, nb_val = _top_k(b, v, k)
+        prior = as_numpy(prior_samples)
+        _check_shape(prior, p + "prior_samples", ["N", "K", "T", "D"], [n, k, None, None])
+        t, d = int(prior.shape[2]), int(prior.shape[3])
+        prior = _floats(prior, p + "prior_samples", ["N", "K", "T", "D"], [n, k, t, d], np.float16)
+        spaces = {"clip_image": image_embeddings, "backbone": backbone_embeddings,
+                  "projector": brain_embeddings, "prior": prior_embeddings}
+        emb = {s: _embeddings(x, f"{p}{s} embeddings", n, t, d) for s, x in spaces.items() if x is not None}
+        blur = None if blurry is None else _images(blurry, p + "blurry", ["N"], [n], size)
+        coords = None
         if umap is not None:
-            umap = np.asarray(umap, dtype=np.float32)
-            if umap.shape != (2, n, 2) or not np.isfinite(umap).all():
-                raise DataFormatError(f"{subject} umap: expected finite (2, {n}, 2), got shape {umap.shape}")
-        raw_b = (brain_embeddings.detach().cpu().numpy() if isinstance(brain_embeddings, torch.Tensor) else np.asarray(brain_embeddings))
-        raw_v = (image_embeddings.detach().cpu().numpy() if isinstance(image_embeddings, torch.Tensor) else np.asarray(image_embeddings))
+            coords = _floats(umap, p + "umap", ["4", "N", "2"], [len(UMAP_SPACES), n, 2])
+        retrieval = _retrieval_arrays(emb["projector"], emb["clip_image"], (f"{p}projector embeddings", f"{p}clip_image embeddings"))
+        ridge_info: dict[str, bool] | None = None
+        ridge_arrays: dict[str, np.ndarray] = {}
+        if ridge is not None:
+            if not isinstance(ridge, RidgeArrays):
+                raise DataFormatError(f"{p}ridge: expected a RidgeArrays, got {type(ridge).__name__}")
+            r_emb = _embeddings(ridge.brain_embeddings, f"{p}ridge brain_embeddings", n, t, d)
+            for key, arr in _retrieval_arrays(r_emb, emb["clip_image"], (f"{p}ridge brain_embeddings", f"{p}clip_image embeddings")).items():
+                ridge_arrays[f"ridge/retrieval/{key}"] = arr
+            if ridge.blurry is not None:
+                ridge_arrays["ridge/blurry"] = _images(ridge.blurry, p + "ridge blurry", ["N"], [n], size)
+            if ridge.finals is not None:
+                ridge_arrays["ridge/finals"] = _images(ridge.finals, p + "ridge finals", ["N"], [n], size)
+            ridge_info = {"has_blurry": ridge.blurry is not None, "has_finals": ridge.finals is not None}
+        stored = [s for s in UMAP_SPACES if s in emb] if store_embeddings else []
         with h5py.File(self.partial / fname, "w") as h5:
-            h5.create_dataset("image_index", data=index.astype(np.int64))
-            img_chunks = (1, *gt.shape[1:])
-            h5.create_dataset("ground_truth", data=gt, chunks=img_chunks, compression="gzip", compression_opts=4)
-            h5.create_dataset("finals", data=fin, chunks=(1, *img_chunks), compression="gzip", compression_opts=4)
+            _h5_put(h5, "image_index", index)
+            _h5_put(h5, "stimulus_row", rows)
+            _h5_put(h5, "seed", seed)
             if blur is not None:
-                h5.create_dataset("blurry", data=blur, chunks=(1, *blur.shape[1:]), compression="gzip", compression_opts=4)
-            h5.create_dataset("brain_embeddings", data=raw_b.reshape(n, -1).astype(np.float32))
-            h5.create_dataset("image_embeddings", data=raw_v.reshape(n, -1).astype(np.float32))
-            h5.create_dataset("retrieval/brain_to_image_rank", data=ranks["brain_to_image"])
-            h5.create_dataset("retrieval/image_to_brain_rank", data=ranks["image_to_brain"])
-            h5.create_dataset("neighbours", data=nb_idx)
-            h5.create_dataset("neighbour_scores", data=nb_val)
-            if umap is not None:
-                h5.create_dataset("umap", data=umap)
-        self.subjects[subject] = {
+                _h5_put(h5, "blurry", blur, image_dims=3)
+            _h5_put(h5, "finals", fin, image_dims=3)
+            _h5_put(h5, "candidates", cand, image_dims=3)
+            _h5_put(h5, "candidate_scores", scores)
+            _h5_put(h5, "picked", pick)
+            _h5_put(h5, "prior_samples", prior, chunks=(1, k, t, d))
+            for s in stored:
+                _h5_put(h5, f"embeddings/{s}", emb[s].astype(np.float16))
+            if coords is not None:
+                _h5_put(h5, "umap", coords)
+            for key, arr in retrieval.items():
+                _h5_put(h5, f"retrieval/{key}", arr)
+            for key, arr in ridge_arrays.items():
+                _h5_put(h5, key, arr, image_dims=3 if arr.dtype == np.uint8 else 0)
+        info: dict[str, Any] = {
             "file": fname,
             "n_samples": int(n),
-            "image_size": [int(gt.shape[1]), int(gt.shape[2])],
-            "final_size": [int(fin.shape[2]), int(fin.shape[3])],
-            "embedding_dim": int(b.shape[1]),
-            "n_neighbours": int(k),
+            "n_candidates": int(k),
+            "embedding_shape": [t, d],
+            "final_size": list(size),
+            "test_mode": test_mode,
             "has_blurry": blur is not None,
-            "has_umap": umap is not None,
-            "metrics": dict(metrics or {}),
+            "has_embeddings": bool(stored),
+            "embedding_spaces": stored,
+            "has_umap": coords is not None,
+            "has_ridge": ridge_info is not None,
+            "metrics": _json_safe(dict(metrics or {})),
+            "provenance": _json_safe(dict(provenance or {})),
         }
+        if ridge_info is not None:
+            info["ridge"] = ridge_info
+        self.subjects[subject] = info
 
-    def finalize(self, metadata: Mapping[str, Any] | None = None) -> Path:
-        """Write the manifest and move the bundle into place; returns its path."""
+    def set_metrics(self, subject: str, metrics: Mapping[str, Any]) -> None:
+        """Replace the metrics of an added subject (written with the manifest by :meth:`finalize`)."""
+        if subject not in self.subjects:
+            raise DataFormatError(f"set_metrics: subject {subject!r} was not added; added: {sorted(self.subjects)}")
+        self.subjects[subject]["metrics"] = _json_safe(dict(metrics))
+
+    def finalize(self, metadata: Mapping[str, Any] | None = None, provenance: Mapping[str, Any] | None = None) -> Path:
+        """Write the manifest last and move the bundle into place; returns its path.
+
+        ``provenance`` (code version, seed, encoder/generator names and hashes, generation settings) gets
+        ``code_version`` = the package version unless it names one.
+        """
+        if self.stimuli is None:
+            raise DataFormatError("results bundle has no stimuli (call add_stimuli)")
         if not self.subjects:
             raise DataFormatError("results bundle has no subjects")
+        prov = dict(provenance or {})
+        prov.setdefault("code_version", __version__)
         manifest = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "world": self.world,
             "dataset": self.dataset,
             "strengths": self.strengths,
+            "default_strength": self.default_strength,
             "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "metadata": dict(metadata or {}),
+            "provenance": prov,
+            "stimuli": self.stimuli,
             "subjects": self.subjects,
         }
         publish_partial(self.root, MANIFEST_NAME, json.dumps(_json_safe(manifest), indent=2) + "\n")
@@ -221,7 +431,7 @@ class ResultsWriter:
         return self.root
 
     def abort(self) -> None:
-        """Delete the partial folder."""
+        """Delete the partial folder (nothing is published)."""
         discard_partial(self.root)
         self._done = True
 
@@ -250,99 +460,291 @@ def _json_safe(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- reader
-@dataclass
-class SubjectResults:
-    """One subject of a bundle; arrays are read lazily from ``path``."""
+def _read(path: Path, key: str, index: Any = None, lead: tuple[int, ...] = ()) -> np.ndarray:
+    """Read ``key[*lead, index]`` from ``path``; ``index``: None (all), int, slice or ints in any order."""
+    with h5py.File(path, "r") as h5:
+        if key not in h5:
+            raise DataFormatError(f"{path}: missing dataset {key!r}")
+        ds = h5[key]
+        n = ds.shape[len(lead)]
+        if index is None:
+            return ds[lead] if lead else ds[()]
+        if isinstance(index, slice):
+            return ds[(*lead, index)]
+        if np.ndim(index) == 0:
+            i = int(index)
+            if not -n <= i < n:
+                raise IndexError(f"{path}: index {i} out of range for {key} with {n} rows")
+            return ds[(*lead, i % n)]
+        idx = np.asarray(index).reshape(-1)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"{path}: indices out of range for {key} with {n} rows")
+        uniq, inverse = np.unique(idx % n if idx.size else idx, return_inverse=True)
+        if not uniq.size:
+            return ds[(*lead, slice(0, 0))]
+        return np.take(ds[(*lead, uniq)], inverse, axis=0)
 
-    name: str
-    path: Path
-    info: dict[str, Any]
-    strengths: list[float]
 
-    def _read(self, key: str, index: Any = None) -> np.ndarray:
-        with h5py.File(self.path, "r") as h5:
-            if key not in h5:
-                raise DataFormatError(f"{self.path}: has no {key!r}")
-            ds = h5[key]
-            return ds[()] if index is None else ds[index]
+class _RetrievalView:
+    """Similarity and ranks stored under ``<prefix>retrieval/`` of one subject file."""
 
+    def __init__(self, path: Path, prefix: str, n: int) -> None:
+        self.path = path
+        self._prefix = prefix
+        self._n = n
+
+    @staticmethod
+    def _direction(direction: str) -> str:
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        return direction
+
+    def similarity(self, direction: str = "brain_to_image") -> np.ndarray:
+        """``(N, N)`` float32 cosine similarities, rows = the queries of ``direction``.
+
+        ``brain_to_image``: ``[brain i, image j]`` (as stored); ``image_to_brain``: its transpose.
+        """
+        sim = _read(self.path, f"{self._prefix}retrieval/similarity")
+        return sim if self._direction(direction) == "brain_to_image" else np.ascontiguousarray(sim.T)
+
+    def top_k(self, i: int, k: int = 5, direction: str = "brain_to_image") -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best candidates for query ``i`` of ``direction``: ``(indices (k,), scores (k,))``, best first.
+
+        ``brain_to_image``: test images (sample rows) most similar to brain sample ``i``;
+        ``image_to_brain``: brain samples most similar to image ``i``. Ties: lower row first.
+        """
+        key = f"{self._prefix}retrieval/similarity"
+        if self._direction(direction) == "brain_to_image":
+            row = _read(self.path, key, i)
+        else:
+            if not -self._n <= int(i) < self._n:
+                raise IndexError(f"{self.path}: index {i} out of range for {self._n} samples")
+            with h5py.File(self.path, "r") as h5:
+                row = h5[key][:, int(i) % self._n]
+        return top_k_of_similarity(row, k)
+
+    def retrieval_ranks(self) -> dict[str, np.ndarray]:
+        """``{"brain_to_image": (N,), "image_to_brain": (N,)}`` int64 full-set strict ranks (0 = top-1)."""
+        return {d: _read(self.path, f"{self._prefix}retrieval/{d}_rank") for d in DIRECTIONS}
+
+
+class RidgeResults(_RetrievalView):
+    """The ridge baseline of one subject (``/ridge`` of its file): retrieval plus optional images."""
+
+    def __init__(self, path: Path, n: int, info: Mapping[str, Any]) -> None:
+        super().__init__(path, "ridge/", n)
+        self.has_blurry = bool(info.get("has_blurry"))
+        self.has_finals = bool(info.get("has_finals"))
+
+    def blurry(self, index: Any = None) -> np.ndarray | None:
+        """``(N, H, W, 3)`` uint8 ridge-to-VAE reconstructions (rows ``index``), or ``None``."""
+        return _read(self.path, "ridge/blurry", index) if self.has_blurry else None
+
+    def finals(self, index: Any = None) -> np.ndarray | None:
+        """``(N, H, W, 3)`` uint8 ridge tokens through the generator at the default strength, or ``None``."""
+        return _read(self.path, "ridge/finals", index) if self.has_finals else None
+
+
+class SubjectResults(_RetrievalView):
+    """One subject of a bundle; arrays are read lazily from its file. Build with :meth:`ResultsBundle.subject`.
+
+    ``index`` arguments accept ``None`` (all samples), an int (one sample, leading axis dropped), a slice
+    or a sequence of ints in any order.
+    """
+
+    def __init__(self, bundle: ResultsBundle, name: str, info: Mapping[str, Any]) -> None:
+        super().__init__(bundle.root / info["file"], "", int(info["n_samples"]))
+        self.bundle = bundle
+        self.name = name
+        self.info = dict(info)
+        self.strengths = list(bundle.strengths)
+        self.default_strength = bundle.default_strength
+
+    # manifest facts --------------------------------------------------------------------------------
     @property
     def n_samples(self) -> int:
         return int(self.info["n_samples"])
 
     @property
+    def n_candidates(self) -> int:
+        return int(self.info["n_candidates"])
+
+    @property
+    def embedding_shape(self) -> tuple[int, int]:
+        """``(T, D)`` of the prior samples (``E = T * D`` for the stored embeddings)."""
+        t, d = self.info["embedding_shape"]
+        return int(t), int(d)
+
+    @property
+    def final_size(self) -> tuple[int, int]:
+        h, w = self.info["final_size"]
+        return int(h), int(w)
+
+    @property
+    def test_mode(self) -> str:
+        return str(self.info["test_mode"])
+
+    @property
+    def has_blurry(self) -> bool:
+        return bool(self.info["has_blurry"])
+
+    @property
+    def has_embeddings(self) -> bool:
+        return bool(self.info["has_embeddings"])
+
+    @property
+    def embedding_spaces(self) -> list[str]:
+        """The spaces stored under ``/embeddings`` (a subset of :data:`UMAP_SPACES`)."""
+        return list(self.info.get("embedding_spaces", [])) if self.has_embeddings else []
+
+    @property
+    def has_umap(self) -> bool:
+        return bool(self.info["has_umap"])
+
+    @property
+    def has_ridge(self) -> bool:
+        return bool(self.info["has_ridge"])
+
+    @property
     def metrics(self) -> dict[str, Any]:
         return dict(self.info.get("metrics", {}))
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return dict(self.info.get("provenance", {}))
+
+    @property
+    def ridge(self) -> RidgeResults | None:
+        """The ridge baseline on the same samples, or ``None``."""
+        return RidgeResults(self.path, self.n_samples, self.info.get("ridge", {})) if self.has_ridge else None
+
+    # arrays ------------------------------------------------------------------------------------------
     def image_index(self) -> np.ndarray:
-        """``(N,)`` int64 dataset image rows."""
-        return self._read("image_index")
+        """``(N,)`` int64 dataset image row seen in each sample."""
+        return _read(self.path, "image_index")
+
+    def stimulus_rows(self) -> np.ndarray:
+        """``(N,)`` int64 row of each sample's image in ``stimuli.h5``."""
+        return _read(self.path, "stimulus_row")
+
+    def seeds(self) -> np.ndarray:
+        """``(N,)`` int64 per-sample seed of prior sampling and generation."""
+        return _read(self.path, "seed")
 
     def ground_truth(self, index: Any = None) -> np.ndarray:
-        """``(N, H, W, 3)`` uint8 (or the rows selected by ``index``)."""
-        return self._read("ground_truth", index)
+        """``(N, H, W, 3)`` uint8 seen images (rows ``index``), read from the stimuli via ``stimulus_row``."""
+        rows = self.stimulus_rows()
+        sel = rows if index is None else rows[index]
+        return self.bundle.stimulus_images(sel)
 
     def blurry(self, index: Any = None) -> np.ndarray | None:
-        """``(N, H, W, 3)`` uint8 or ``None`` when the bundle has no blurry images."""
-        return self._read("blurry", index) if self.info.get("has_blurry") else None
+        """``(N, H, W, 3)`` uint8 low-level reconstructions, or ``None`` when the bundle has none."""
+        return _read(self.path, "blurry", index) if self.has_blurry else None
 
     def strength_position(self, strength: float) -> int:
+        """Position of ``strength`` on the grid (``DataFormatError`` when it is not on it)."""
         keys = [strength_key(s) for s in self.strengths]
         key = strength_key(strength)
         if key not in keys:
             raise DataFormatError(f"strength {strength:g} not in this bundle's grid {self.strengths}")
         return keys.index(key)
 
-    def finals(self, strength: float, index: Any = None) -> np.ndarray:
-        """``(N, H, W, 3)`` uint8 final reconstructions at ``strength``."""
-        pos = self.strength_position(strength)
-        with h5py.File(self.path, "r") as h5:
-            ds = h5["finals"]
-            return ds[pos] if index is None else ds[pos][index]
+    def finals(self, strength: float | None = None, index: Any = None) -> np.ndarray:
+        """``(N, H, W, 3)`` uint8 best-of-K reconstructions at ``strength`` (default: the default strength)."""
+        pos = self.strength_position(self.default_strength if strength is None else strength)
+        return _read(self.path, "finals", index, lead=(pos,))
 
-    def brain_embeddings(self) -> np.ndarray:
-        return self._read("brain_embeddings")
+    def candidates(self, index: Any = None) -> np.ndarray:
+        """``(N, K, H, W, 3)`` uint8 candidates at the default strength (``(K, H, W, 3)`` for one int)."""
+        return _read(self.path, "candidates", index)
 
-    def image_embeddings(self) -> np.ndarray:
-        return self._read("image_embeddings")
+    def candidate_scores(self) -> np.ndarray:
+        """``(N, K)`` float32 cosine(CLIP(candidate), projector output)."""
+        return _read(self.path, "candidate_scores")
 
-    def retrieval_ranks(self) -> dict[str, np.ndarray]:
-        """``{"brain_to_image": (N,), "image_to_brain": (N,)}`` int64 full-set ranks (0 = correct top-1)."""
-        return {d: self._read(f"retrieval/{d}_rank") for d in ("brain_to_image", "image_to_brain")}
+    def picked(self) -> np.ndarray:
+        """``(N,)`` int64 candidate chosen as the final at the default strength."""
+        return _read(self.path, "picked")
 
-    def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(indices (N, K) int64, scores (N, K) float32)``: nearest test images of each brain sample."""
-        return self._read("neighbours"), self._read("neighbour_scores")
+    def prior_samples(self, index: Any) -> np.ndarray:
+        """``(K, T, D)`` float16 prior samples of sample ``index`` (``(n, K, T, D)`` for several)."""
+        return _read(self.path, "prior_samples", index)
 
-    def umap(self) -> np.ndarray | None:
-        """``(2, N, 2)`` float32 (brain, image) or ``None``."""
-        return self._read("umap") if self.info.get("has_umap") else None
+    def embeddings(self, space: str) -> np.ndarray:
+        """``(N, E)`` float16 stored embeddings of ``space`` (one of :attr:`embedding_spaces`)."""
+        if space not in self.embedding_spaces:
+            raise DataFormatError(f"subject {self.name} has no stored {space!r} embeddings; stored: {self.embedding_spaces}")
+        return _read(self.path, f"embeddings/{space}")
+
+    def umap(self) -> dict[str, np.ndarray] | None:
+        """``{space: (N, 2) float32}`` in the order of :data:`UMAP_SPACES`, or ``None``."""
+        if not self.has_umap:
+            return None
+        coords = _read(self.path, "umap")
+        return {s: coords[i] for i, s in enumerate(UMAP_SPACES)}
+
+    def __repr__(self) -> str:
+        return (f"SubjectResults({self.name!r}, n_samples={self.n_samples}, n_candidates={self.n_candidates}, "
+                f"has_ridge={self.has_ridge})")
 
 
 class ResultsBundle:
-    """A validated results bundle (see module docstring). Build with :func:`open_results`."""
+    """A validated results bundle (format 2). Build with :func:`open_results`."""
 
     def __init__(self, root: str | Path, *, validate_arrays: bool = True) -> None:
         self.root = Path(root)
         self.manifest = read_results_manifest(self.root)
         self.strengths: list[float] = [float(s) for s in self.manifest["strengths"]]
+        self.default_strength = float(self.manifest["default_strength"])
+        self.stimuli_path = self.root / self.manifest["stimuli"]["file"]
+        for path in [self.stimuli_path] + [self.root / info["file"] for info in self.manifest["subjects"].values()]:
+            if not path.is_file():
+                raise DataFormatError(f"results bundle {self.root}: missing file {path}")
         if validate_arrays:
+            stim_index = _validate_stimuli(self.stimuli_path, self.manifest["stimuli"])
             for name in self.subjects:
-                _validate_subject_file(self.root, name, self.manifest["subjects"][name], len(self.strengths))
+                _validate_subject_file(self.root / self.manifest["subjects"][name]["file"], name,
+                                       self.manifest["subjects"][name], len(self.strengths), stim_index)
 
     @property
     def world(self) -> str:
         return str(self.manifest.get("world", ""))
 
     @property
+    def dataset(self) -> str:
+        return str(self.manifest.get("dataset", ""))
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return dict(self.manifest.get("provenance", {}))
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return dict(self.manifest.get("metadata", {}))
+
+    @property
     def subjects(self) -> list[str]:
         return sorted(self.manifest["subjects"])
+
+    @property
+    def n_stimuli(self) -> int:
+        return int(self.manifest["stimuli"]["n_images"])
+
+    def stimuli(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(image_index (M,) int64, images (M, H, W, 3) uint8)``: every test image of the bundle."""
+        return _read(self.stimuli_path, "image_index"), _read(self.stimuli_path, "images")
+
+    def stimulus_images(self, rows: Any = None) -> np.ndarray:
+        """``(n, H, W, 3)`` uint8 stimuli at ``rows`` (rows of ``stimuli.h5``; any order, repeats allowed)."""
+        return _read(self.stimuli_path, "images", rows)
 
     def subject(self, name: str) -> SubjectResults:
         if name not in self.manifest["subjects"]:
             raise DataFormatError(f"{self.root}: no subject {name!r}; available: {self.subjects}")
-        info = self.manifest["subjects"][name]
-        return SubjectResults(name, self.root / info["file"], info, self.strengths)
+        return SubjectResults(self, name, self.manifest["subjects"][name])
 
     def set_metrics(self, subject: str, metrics: Mapping[str, Any]) -> None:
         """Replace the stored metrics of ``subject`` and rewrite the manifest atomically."""
@@ -355,6 +757,10 @@ class ResultsBundle:
 
     def __repr__(self) -> str:
         return f"ResultsBundle({str(self.root)!r}, world={self.world!r}, subjects={self.subjects}, strengths={self.strengths})"
+
+
+_SUBJECT_KEYS = ("file", "n_samples", "n_candidates", "embedding_shape", "final_size", "test_mode",
+                 "has_blurry", "has_embeddings", "has_umap", "has_ridge")
 
 
 def read_results_manifest(root: str | Path) -> dict[str, Any]:
@@ -371,40 +777,43 @@ def read_results_manifest(root: str | Path) -> dict[str, Any]:
         raise DataFormatError(f"corrupt results manifest {path}: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise DataFormatError(f"{path}: not a {FORMAT_NAME!r} manifest")
-    if manifest.get("version") != FORMAT_VERSION:
-        raise DataFormatError(f"{path}: results format version {manifest.get('version')!r}, this code reads {FORMAT_VERSION}")
-    for key in ("strengths", "subjects"):
+    version = manifest.get("version")
+    if version == 1:
+        raise DataFormatError(f"results bundle {root} is format version 1; this code reads version {FORMAT_VERSION}: "
+                              "rebuild it with `mindeye build-demo` or re-run the reconstruction")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise DataFormatError(f"results bundle {root} is format version {version}, newer than this code reads "
+                              f"({FORMAT_VERSION}): upgrade mindeye-explorer")
+    if version != FORMAT_VERSION:
+        raise DataFormatError(f"{path}: unknown results format version {version!r}; this code reads {FORMAT_VERSION}")
+    for key in ("strengths", "default_strength", "stimuli", "subjects"):
         if key not in manifest:
             raise DataFormatError(f"{path}: missing key {key!r}")
+    strengths = manifest["strengths"]
+    if (not isinstance(strengths, list) or not strengths
+            or not all(isinstance(s, (int, float)) and 0 <= s <= 1 for s in strengths)):
+        raise DataFormatError(f"{path}: strengths must be a non-empty list of numbers in [0, 1], got {strengths!r}")
+    if not isinstance(manifest["default_strength"], (int, float)) or \
+            strength_key(manifest["default_strength"]) not in [strength_key(s) for s in strengths]:
+        raise DataFormatError(f"{path}: default_strength {manifest['default_strength']!r} is not on the grid {strengths}")
+    stimuli = manifest["stimuli"]
+    for key in ("file", "n_images", "image_size"):
+        if not isinstance(stimuli, dict) or key not in stimuli:
+            raise DataFormatError(f"{path}: stimuli lacks {key!r}")
     if not isinstance(manifest["subjects"], dict) or not manifest["subjects"]:
         raise DataFormatError(f"{path}: no subjects")
     for name, info in manifest["subjects"].items():
-        for key in ("file", "n_samples", "embedding_dim"):
-            if key not in info:
+        for key in _SUBJECT_KEYS:
+            if not isinstance(info, dict) or key not in info:
                 raise DataFormatError(f"{path}: subject {name} lacks {key!r}")
+        if info["has_embeddings"] and "embedding_spaces" not in info:
+            raise DataFormatError(f"{path}: subject {name} has embeddings but lacks 'embedding_spaces'")
+        if info["has_ridge"] and "ridge" not in info:
+            raise DataFormatError(f"{path}: subject {name} has a ridge baseline but lacks 'ridge'")
     return manifest
 
 
-def _validate_subject_file(root: Path, name: str, info: Mapping[str, Any], n_strengths: int) -> None:
-    path = root / info["file"]
-    if not path.is_file():
-        raise DataFormatError(f"results bundle {root}: missing file {path} for subject {name}")
-    n, d = int(info["n_samples"]), int(info["embedding_dim"])
-    expected: dict[str, tuple[tuple[int | None, ...], type]] = {
-        "image_index": ((n,), np.int64),
-        "ground_truth": ((n, None, None, 3), np.uint8),
-        "finals": ((n_strengths, n, None, None, 3), np.uint8),
-        "brain_embeddings": ((n, d), np.float32),
-        "image_embeddings": ((n, d), np.float32),
-        "retrieval/brain_to_image_rank": ((n,), np.int64),
-        "retrieval/image_to_brain_rank": ((n,), np.int64),
-        "neighbours": ((n, None), np.int64),
-        "neighbour_scores": ((n, None), np.float32),
-    }
-    if info.get("has_blurry"):
-        expected["blurry"] = ((n, None, None, 3), np.uint8)
-    if info.get("has_umap"):
-        expected["umap"] = ((2, n, 2), np.float32)
+def _check_datasets(path: Path, expected: Mapping[str, tuple[tuple[int | None, ...], Any]]) -> None:
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
@@ -414,26 +823,131 @@ def _validate_subject_file(root: Path, name: str, info: Mapping[str, Any], n_str
             if key not in h5:
                 raise DataFormatError(f"{path}: missing dataset {key!r}")
             ds = h5[key]
+            if not isinstance(ds, h5py.Dataset):
+                raise DataFormatError(f"{path}: {key!r} is not a dataset")
             ok = len(ds.shape) == len(shape) and all(s is None or s == t for s, t in zip(shape, ds.shape))
             if not ok:
                 want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-                raise DataFormatError(f"{path}: {key} has shape {ds.shape}, expected {want}")
+                raise DataFormatError(f"{path}: dataset {key!r} has shape {ds.shape}, expected {want}")
             if ds.dtype != dtype:
-                raise DataFormatError(f"{path}: {key} has dtype {ds.dtype}, expected {np.dtype(dtype)}")
+                raise DataFormatError(f"{path}: dataset {key!r} has dtype {ds.dtype}, expected {np.dtype(dtype)}")
+
+
+def _validate_stimuli(path: Path, info: Mapping[str, Any]) -> np.ndarray:
+    m = int(info["n_images"])
+    h, w = (int(v) for v in info["image_size"])
+    _check_datasets(path, {"image_index": ((m,), np.int64), "images": ((m, h, w, 3), np.uint8)})
+    return _read(path, "image_index")
+
+
+def _validate_subject_file(path: Path, name: str, info: Mapping[str, Any], n_strengths: int,
+                           stimulus_index: np.ndarray) -> None:
+    n, k = int(info["n_samples"]), int(info["n_candidates"])
+    t, d = (int(v) for v in info["embedding_shape"])
+    h, w = (int(v) for v in info["final_size"])
+    retrieval = {"similarity": ((n, n), np.float32), "brain_to_image_rank": ((n,), np.int64),
+                 "image_to_brain_rank": ((n,), np.int64)}
+    expected: dict[str, tuple[tuple[int | None, ...], Any]] = {
+        "image_index": ((n,), np.int64),
+        "stimulus_row": ((n,), np.int64),
+        "seed": ((n,), np.int64),
+        "finals": ((n_strengths, n, h, w, 3), np.uint8),
+        "candidates": ((n, k, h, w, 3), np.uint8),
+        "candidate_scores": ((n, k), np.float32),
+        "picked": ((n,), np.int64),
+        "prior_samples": ((n, k, t, d), np.float16),
+        **{f"retrieval/{key}": v for key, v in retrieval.items()},
+    }
+    if info["has_blurry"]:
+        expected["blurry"] = ((n, h, w, 3), np.uint8)
+    if info["has_embeddings"]:
+        for space in info["embedding_spaces"]:
+            if space not in UMAP_SPACES:
+                raise DataFormatError(f"{path}: unknown embedding space {space!r} (known: {UMAP_SPACES})")
+            expected[f"embeddings/{space}"] = ((n, t * d), np.float16)
+    if info["has_umap"]:
+        expected["umap"] = ((len(UMAP_SPACES), n, 2), np.float32)
+    if info["has_ridge"]:
+        expected.update({f"ridge/retrieval/{key}": v for key, v in retrieval.items()})
+        for key in ("blurry", "finals"):
+            if info["ridge"].get(f"has_{key}"):
+                expected[f"ridge/{key}"] = ((n, h, w, 3), np.uint8)
+    _check_datasets(path, expected)
+    rows, index, picked = _read(path, "stimulus_row"), _read(path, "image_index"), _read(path, "picked")
+    m = stimulus_index.shape[0]
+    if ((rows < 0) | (rows >= m)).any():
+        raise DataFormatError(f"{path}: dataset 'stimulus_row' has values outside [0, {m}) (subject {name})")
+    if not np.array_equal(stimulus_index[rows], index):
+        raise DataFormatError(f"{path}: dataset 'stimulus_row' does not point at the stimuli of 'image_index' (subject {name})")
+    if ((picked < 0) | (picked >= k)).any():
+        raise DataFormatError(f"{path}: dataset 'picked' has values outside [0, {k}) (subject {name})")
 
 
 def open_results(root: str | Path, *, validate_arrays: bool = True) -> ResultsBundle:
-    """Open and validate a results bundle (manifest plus every array's shape and dtype)."""
+    """Open a results bundle: validates the manifest, that every file exists and (``validate_arrays``)
+    every array's shape and dtype plus the stimulus/picked indices. Arrays are then read lazily."""
     return ResultsBundle(root, validate_arrays=validate_arrays)
 
 
+# ------------------------------------------------------------------------------------ Hugging Face Hub
+def push_results_to_hub(root: str | Path, repo_id: str, *, revision: str | None = None, token: str | None = None,
+                        private: bool = False, commit_message: str = "Upload MindEye results bundle") -> Any:
+    """Upload a (validated) bundle folder to a Hugging Face *dataset* repo in one commit.
+
+    Creates the repo if needed (``exist_ok``) and the branch ``revision`` if given. Returns what
+    ``HfApi.upload_folder`` returns (the commit info).
+    """
+    open_results(root)  # refuse to publish an incomplete or corrupt bundle
+    import huggingface_hub  # imported lazily: heavy, and tests monkeypatch it
+
+    api = huggingface_hub.HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=str(root), repo_type="dataset", revision=revision,
+                             commit_message=commit_message)
+
+
+def results_from_hub(repo_id: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                     local_dir: str | Path | None = None, token: str | None = None) -> ResultsBundle:
+    """Open a bundle from a Hugging Face dataset repo (``snapshot_download``), or a local folder as-is.
+
+    Args:
+        repo_id: ``"org/name"`` on the hub, or the path of an existing local bundle folder.
+        revision: branch, tag or commit of the repo.
+        cache_dir, local_dir: passed to ``huggingface_hub.snapshot_download`` (default: the hub cache).
+        token: optional Hugging Face token.
+    """
+    local = Path(repo_id).expanduser()
+    if local.is_dir():
+        return open_results(local)
+    import huggingface_hub  # imported lazily: heavy, and tests monkeypatch it
+
+    try:
+        folder = huggingface_hub.snapshot_download(repo_id=str(repo_id), repo_type="dataset", revision=revision,
+                                                   cache_dir=cache_dir, local_dir=local_dir, token=token)
+    except Exception as exc:  # huggingface_hub raises many types (offline, 404, auth, network)
+        raise MindEyeError(f"could not fetch results bundle {repo_id!r} (revision {revision!r}) from the hub "
+                           f"or its cache: {type(exc).__name__}: {exc}") from exc
+    return open_results(folder)
+
+
 __all__ = [
+    "DEFAULT_STRENGTH",
+    "DEFAULT_STRENGTHS",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "STIMULI_FILE",
+    "TEST_MODES",
+    "UMAP_SPACES",
     "ResultsBundle",
     "ResultsWriter",
+    "RidgeArrays",
+    "RidgeResults",
     "SubjectResults",
     "open_results",
+    "push_results_to_hub",
     "read_results_manifest",
+    "results_from_hub",
     "strength_key",
 ]

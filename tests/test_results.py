@@ -1,141 +1,507 @@
-"""Results bundle: round trip, derived retrieval arrays, validation errors, evaluation + CLI end to end."""
+"""Results bundle v2: round trip, derived retrieval arrays vs brute force, validation errors, interrupted
+writes, version-1 refusal, import cost, hub round trip (local folders only), joint UMAP, evaluation + CLI."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import pytest
+from test_similarity import brute_ranks, brute_top_k
 
 from mindeye_core.errors import DataFormatError
-from mindeye_core.metrics import cli as metrics_cli
-from mindeye_core.metrics.evaluate import evaluate_bundle
-from mindeye_core.metrics.features import load_extractors
-from mindeye_core.metrics.retrieval import full_set_ranks
-from mindeye_core.results import ResultsWriter, open_results, read_results_manifest
+from mindeye_core.results import (
+    FORMAT_VERSION,
+    UMAP_SPACES,
+    ResultsWriter,
+    RidgeArrays,
+    open_results,
+    push_results_to_hub,
+    read_results_manifest,
+    results_from_hub,
+)
 
-STRENGTHS = [0.0, 0.15, 1.0]
+STRENGTHS = [0.0, 0.15, 1.0]  # S = 3, default 0.15 at position 1
+N, K, T, D = 6, 3, 2, 4
+STIM_INDEX = np.arange(10) * 7 + 3  # dataset rows of the 10 test images
 
 
-def _subject_arrays(n: int = 8, size: int = 32, dim: int = 6, seed: int = 0) -> dict:
+def _stimuli(size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(100)
+    return STIM_INDEX.copy(), (rng.random((len(STIM_INDEX), size, size, 3)) * 255).astype(np.uint8)
+
+
+def _subject(seed: int, size: int = 8, n: int = N) -> dict[str, Any]:
+    """Every add_subject argument (all optional parts included); images as [0, 1] floats or uint8."""
     rng = np.random.default_rng(seed)
-    gt = (rng.random((n, size, size, 3)) * 255).astype(np.uint8)
-    finals = np.stack([np.clip(gt / 255.0 + s * rng.standard_normal(gt.shape) * 0.2, 0, 1) for s in (0.3, 0.2, 0.1)])
-    img = rng.standard_normal((n, dim)).astype(np.float32)
+    index = rng.choice(STIM_INDEX, n, replace=False)
+    cand = rng.random((n, K, size, size, 3)).astype(np.float32)
+    scores = rng.standard_normal((n, K)).astype(np.float32)
+    finals = rng.random((len(STRENGTHS), n, size, size, 3)).astype(np.float32)
+    finals[1] = cand[np.arange(n), scores.argmax(1)]
+    clip = rng.standard_normal((n, T, D)).astype(np.float32)
     return {
-        "image_index": np.arange(100, 100 + n),
-        "ground_truth": gt,
-        "finals": finals.astype(np.float32),
+        "image_index": index,
+        "seeds": rng.integers(0, 2**31, n),
+        "finals": finals,
+        "candidates": cand,
+        "candidate_scores": scores,
+        "prior_samples": rng.standard_normal((n, K, T, D)).astype(np.float32),
+        "brain_embeddings": clip + 0.7 * rng.standard_normal(clip.shape).astype(np.float32),  # (N, T, D)
+        "image_embeddings": clip.reshape(n, T * D),  # (N, E) form
         "blurry": (rng.random((n, size, size, 3)) * 255).astype(np.uint8),
-        "brain_embeddings": img + 0.5 * rng.standard_normal((n, dim)).astype(np.float32),
-        "image_embeddings": img,
+        "backbone_embeddings": rng.standard_normal((n, T * D)),
+        "prior_embeddings": clip + 0.3 * rng.standard_normal(clip.shape),
+        "umap": rng.standard_normal((len(UMAP_SPACES), n, 2)).astype(np.float32),
+        "ridge": RidgeArrays(brain_embeddings=clip + 1.5 * rng.standard_normal(clip.shape),
+                             finals=(rng.random((n, size, size, 3)) * 255).astype(np.uint8),
+                             blurry=rng.random((n, size, size, 3))),
+        "metrics": {"mindeye": {"strengths": {"0.15": {"pixcorr": np.float32(0.25)}}}, "ceiling": float("nan")},
+        "provenance": {"models": {"highlevel": {"sha256": "abc"}}},
     }
 
 
-def _write(root: Path, **extra: object) -> Path:
-    arrays = _subject_arrays()
+def _minimal(arrays: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in arrays.items() if k not in ("blurry", "backbone_embeddings", "prior_embeddings",
+                                                         "umap", "ridge", "metrics", "provenance")}
+
+
+def _write(root: Path, size: int = 8, subjects: dict[str, dict[str, Any]] | None = None) -> Path:
+    subjects = subjects if subjects is not None else {"subj01": _subject(1, size)}
     with ResultsWriter(root, strengths=STRENGTHS, world="demo", dataset="demo-test") as w:
-        w.add_subject("subj01", n_neighbours=3, **arrays, **extra)  # type: ignore[arg-type]
-        w.finalize(metadata={"model": "tiny"})
+        w.add_stimuli(*_stimuli(size))
+        for name, arrays in subjects.items():
+            w.add_subject(name, **arrays)
+        w.finalize(metadata={"model": "tiny"}, provenance={"seed": 0})
     return root
 
 
-def test_round_trip(tmp_path: Path) -> None:
-    arrays = _subject_arrays()
-    umap = np.random.default_rng(1).standard_normal((2, 8, 2)).astype(np.float32)
-    root = _write(tmp_path / "res", umap=umap)
+def _u8(x: np.ndarray) -> np.ndarray:
+    return x if x.dtype == np.uint8 else (x * 255.0 + 0.5).astype(np.uint8)
+
+
+def test_round_trip_two_subjects(tmp_path: Path) -> None:
+    a1, a2 = _subject(1), _subject(2)
+    root = _write(tmp_path / "res", subjects={"subj01": a1, "subj02": dict(_minimal(a2), store_embeddings=False,
+                                                                         test_mode="single")})
     assert not (tmp_path / "res.partial").exists()
     b = open_results(root)
-    assert b.subjects == ["subj01"] and b.strengths == STRENGTHS and b.world == "demo"
+    assert b.subjects == ["subj01", "subj02"] and b.strengths == STRENGTHS and b.default_strength == 0.15
+    assert (b.world, b.dataset, b.metadata) == ("demo", "demo-test", {"model": "tiny"})
+    assert b.provenance["seed"] == 0 and b.provenance["code_version"]
+    assert b.manifest["version"] == FORMAT_VERSION == 2
+    idx, images = b.stimuli()
+    np.testing.assert_array_equal(idx, STIM_INDEX)
+    np.testing.assert_array_equal(images, _stimuli()[1])
+
     s = b.subject("subj01")
-    np.testing.assert_array_equal(s.image_index(), arrays["image_index"])
-    np.testing.assert_array_equal(s.ground_truth(), arrays["ground_truth"])
-    np.testing.assert_array_equal(s.blurry(), arrays["blurry"])
-    want = (arrays["finals"][1] * 255 + 0.5).astype(np.uint8)
-    np.testing.assert_array_equal(s.finals(0.15), want)
-    np.testing.assert_array_equal(s.finals(0.15, [2, 3]), want[[2, 3]])
-    np.testing.assert_allclose(s.brain_embeddings(), arrays["brain_embeddings"])
-    np.testing.assert_allclose(s.umap(), umap)
-    ranks = s.retrieval_ranks()
-    ref = full_set_ranks(arrays["brain_embeddings"], arrays["image_embeddings"])
-    np.testing.assert_array_equal(ranks["brain_to_image"], ref["brain_to_image"])
-    np.testing.assert_array_equal(ranks["image_to_brain"], ref["image_to_brain"])
-    idx, scores = s.neighbours()
-    bn = arrays["brain_embeddings"] / np.linalg.norm(arrays["brain_embeddings"], axis=1, keepdims=True)
-    vn = arrays["image_embeddings"] / np.linalg.norm(arrays["image_embeddings"], axis=1, keepdims=True)
-    sims = bn @ vn.T
-    np.testing.assert_array_equal(idx, np.argsort(-sims, axis=1)[:, :3])
-    np.testing.assert_allclose(scores, np.sort(sims, axis=1)[:, ::-1][:, :3], rtol=1e-5)
+    assert (s.n_samples, s.n_candidates, s.embedding_shape, s.final_size, s.test_mode) == (N, K, (T, D), (8, 8), "average")
+    rows = np.searchsorted(STIM_INDEX, a1["image_index"])
+    np.testing.assert_array_equal(s.image_index(), a1["image_index"])
+    np.testing.assert_array_equal(s.stimulus_rows(), rows)
+    np.testing.assert_array_equal(s.ground_truth(), images[rows])
+    np.testing.assert_array_equal(s.ground_truth([4, 0, 4]), images[rows[[4, 0, 4]]])
+    np.testing.assert_array_equal(s.ground_truth(2), images[rows[2]])
+    np.testing.assert_array_equal(s.seeds(), a1["seeds"])
+    np.testing.assert_array_equal(s.blurry(3), a1["blurry"][3])
+    for pos, strength in enumerate(STRENGTHS):
+        np.testing.assert_array_equal(s.finals(strength), _u8(a1["finals"][pos]))
+    np.testing.assert_array_equal(s.finals(0.0, [5, 1]), _u8(a1["finals"][0][[5, 1]]))
+    np.testing.assert_array_equal(s.finals(), s.finals(0.15))
+    np.testing.assert_array_equal(s.candidates(2), _u8(a1["candidates"][2]))
+    np.testing.assert_array_equal(s.candidate_scores(), a1["candidate_scores"])
+    np.testing.assert_array_equal(s.picked(), a1["candidate_scores"].argmax(1))
+    p = s.prior_samples(1)
+    assert p.shape == (K, T, D) and p.dtype == np.float16
+    np.testing.assert_array_equal(p, a1["prior_samples"][1].astype(np.float16))
+    assert s.embedding_spaces == list(UMAP_SPACES)
+    e = s.embeddings("projector")
+    assert e.shape == (N, T * D) and e.dtype == np.float16
+    np.testing.assert_array_equal(e, a1["brain_embeddings"].reshape(N, -1).astype(np.float16))
+    umap = s.umap()
+    assert umap is not None and list(umap) == list(UMAP_SPACES)
+    np.testing.assert_array_equal(umap["backbone"], a1["umap"][1])
+    assert s.metrics["mindeye"]["strengths"]["0.15"]["pixcorr"] == pytest.approx(0.25) and s.metrics["ceiling"] is None
+    assert s.provenance == {"models": {"highlevel": {"sha256": "abc"}}}
+
+    # retrieval arrays vs brute force (float64 reference)
+    sim = s.similarity("brain_to_image")
+    ref = brute_top_k(a1["brain_embeddings"], a1["image_embeddings"], N)
+    want_sim = np.zeros((N, N))
+    np.put_along_axis(want_sim, ref[0], ref[1], axis=1)
+    assert sim.dtype == np.float32
+    np.testing.assert_allclose(sim, want_sim, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(s.similarity("image_to_brain"), sim.T)
+    r = s.retrieval_ranks()
+    np.testing.assert_array_equal(r["brain_to_image"], brute_ranks(want_sim))
+    np.testing.assert_array_equal(r["image_to_brain"], brute_ranks(want_sim.T))
+    for i in range(N):
+        got_i, got_v = s.top_k(i, k=3)
+        np.testing.assert_array_equal(got_i, np.argsort(-sim[i], kind="stable")[:3])
+        np.testing.assert_array_equal(got_v, np.sort(sim[i])[::-1][:3])
+        got_i, _ = s.top_k(i, k=4, direction="image_to_brain")
+        np.testing.assert_array_equal(got_i, np.argsort(-sim[:, i], kind="stable")[:4])
+    with pytest.raises(ValueError, match="direction must be one of"):
+        s.top_k(0, direction="sideways")
+
+    ridge = s.ridge
+    assert ridge is not None and ridge.has_blurry and ridge.has_finals
+    np.testing.assert_array_equal(ridge.finals(), a1["ridge"].finals)
+    np.testing.assert_array_equal(ridge.blurry([1]), _u8(a1["ridge"].blurry)[[1]])
+    ridge_sim = ridge.similarity()
+    rref = brute_top_k(a1["ridge"].brain_embeddings, a1["image_embeddings"], N)
+    want_r = np.zeros((N, N))
+    np.put_along_axis(want_r, rref[0], rref[1], axis=1)
+    np.testing.assert_allclose(ridge_sim, want_r, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ridge.retrieval_ranks()["image_to_brain"], brute_ranks(want_r.T))
+    np.testing.assert_array_equal(ridge.top_k(0, 2)[0], np.argsort(-ridge_sim[0], kind="stable")[:2])
+
+    s2 = b.subject("subj02")  # no optional parts
+    assert s2.test_mode == "single" and s2.blurry() is None and s2.umap() is None and s2.ridge is None
+    assert not s2.has_embeddings and s2.embedding_spaces == []
+    with pytest.raises(DataFormatError, match=r"subject subj02 has no stored 'projector' embeddings; stored: \[\]"):
+        s2.embeddings("projector")
+    np.testing.assert_array_equal(s2.retrieval_ranks()["brain_to_image"],
+                                  brute_ranks(_sim64(a2["brain_embeddings"], a2["image_embeddings"])))
     with pytest.raises(DataFormatError, match=r"strength 0.5 not in this bundle's grid"):
         s.finals(0.5)
-    with pytest.raises(DataFormatError, match="no subject 'subj02'"):
-        b.subject("subj02")
+    with pytest.raises(DataFormatError, match="no subject 'subj03'"):
+        b.subject("subj03")
+    with pytest.raises(IndexError, match="out of range"):
+        s.candidates(N)
 
 
-def test_writer_rejects_bad_input(tmp_path: Path) -> None:
-    arrays = _subject_arrays()
-    with ResultsWriter(tmp_path / "r", strengths=STRENGTHS, world="demo") as w:
-        bad = dict(arrays, finals=arrays["finals"][:2])
-        with pytest.raises(DataFormatError, match=r"expected \(S=3 strengths, N, H, W, 3\)"):
-            w.add_subject("subj01", **bad)
-        bad = dict(arrays, finals=arrays["finals"] * 2)
-        with pytest.raises(DataFormatError, match=r"must lie in \[0, 1\]"):
-            w.add_subject("subj01", **bad)
-        bad = dict(arrays, ground_truth=arrays["ground_truth"][:7])
-        with pytest.raises(DataFormatError, match="expected 8 images, got 7"):
-            w.add_subject("subj01", **bad)
-        nan = arrays["brain_embeddings"].copy()
-        nan[0, 0] = np.nan
-        with pytest.raises(DataFormatError, match="brain embeddings: 1 NaN/inf"):
-            w.add_subject("subj01", **dict(arrays, brain_embeddings=nan))
-        with pytest.raises(DataFormatError, match="invalid subject name"):
-            w.add_subject("../x", **arrays)
-    assert not (tmp_path / "r.partial").exists() and not (tmp_path / "r").exists()  # aborted cleanly
-    with pytest.raises(DataFormatError, match=r"strengths must be .* in \[0, 1\]"):
-        ResultsWriter(tmp_path / "r2", strengths=[1.5], world="demo")
+def _sim64(brain: np.ndarray, image: np.ndarray) -> np.ndarray:
+    bn, vn = (x.reshape(len(x), -1) / np.linalg.norm(x.reshape(len(x), -1), axis=1, keepdims=True) for x in (brain, image))
+    return bn @ vn.T
 
 
-def test_reader_validates(tmp_path: Path) -> None:
-    with pytest.raises(DataFormatError, match="not a results bundle: missing"):
-        open_results(tmp_path / "nothing")
+def test_files_use_checksums_and_per_image_gzip_chunks(tmp_path: Path) -> None:
     root = _write(tmp_path / "res")
-    manifest = json.loads((root / "manifest.json").read_text())
-    manifest["version"] = 99
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DataFormatError, match="results format version 99, this code reads 1"):
+    for fname in ("stimuli.h5", "subj01.h5"):
+        with h5py.File(root / fname, "r") as h5:
+            names: list[str] = []
+            h5.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+            for name in names:
+                ds = h5[name]
+                assert ds.fletcher32, f"{fname}:{name} without fletcher32"
+                if ds.dtype == np.uint8:
+                    assert ds.compression == "gzip" and ds.chunks == (1,) * (ds.ndim - 3) + ds.shape[-3:], name
+    with h5py.File(root / "subj01.h5", "r") as h5:
+        assert h5["prior_samples"].chunks == (1, K, T, D)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.update(finals=a["finals"][:2]), r"subj01 finals: expected shape \(S=3, N=6, H, W, 3\), got \(2, 6, 8, 8, 3\)"),
+        (lambda a: a.update(finals=a["finals"] * 2), r"subj01 finals: float images must lie in \[0, 1\]"),
+        (lambda a: a.update(candidates=a["candidates"][:, :, :4]), r"subj01 candidates: expected shape \(N=6, K, H=8, W=8, 3\)"),
+        (lambda a: a.update(blurry=a["blurry"].astype(np.int32)), "subj01 blurry: images must be uint8 or float"),
+        (lambda a: a["candidate_scores"].__setitem__((0, 0), np.nan), "subj01 candidate_scores: 1 NaN/inf values"),
+        (lambda a: a["image_index"].__setitem__(2, 999), r"subj01 image_index: 1 values are not in the stimuli \(first: 999\)"),
+        (lambda a: a.update(image_index=a["image_index"][:1]), "need at least 2 test samples"),
+        (lambda a: a.update(seeds=a["seeds"].astype(float)), "subj01 seeds: expected integers"),
+        (lambda a: a.update(seeds=a["seeds"][:5]), r"subj01 seeds: expected shape \(N=6\), got \(5,\)"),
+        (lambda a: a.update(picked=(a["candidate_scores"].argmax(1) + 1) % K), "subj01 picked: sample 0 does not pick a best-scoring"),
+        (lambda a: a.update(picked=np.full(N, K)), r"subj01 picked: values must lie in \[0, 3\)"),
+        (lambda a: a["finals"][1].__setitem__(3, 0.0), r"subj01 finals: at the default strength 0.15 .* 1 samples differ \(first: 3\)"),
+        (lambda a: a.update(prior_samples=a["prior_samples"] * 1e6), "subj01 prior_samples: values up to .* overflow float16"),
+        (lambda a: a.update(prior_samples=a["prior_samples"][:, :2]), r"subj01 prior_samples: expected shape \(N=6, K=3, T, D\)"),
+        (lambda a: a.update(brain_embeddings=a["brain_embeddings"].reshape(N, -1)[:, :7]), r"subj01 projector embeddings: expected shape \(N=6, E=8\)"),
+        (lambda a: a.update(backbone_embeddings=np.ones((N, 3, 4))), r"subj01 backbone embeddings: expected shape \(N=6, T=2, D=4\)"),
+        (lambda a: a["image_embeddings"].__setitem__(2, 0.0), "subj01 clip_image embeddings: row 2 is all zeros"),
+        (lambda a: a.update(umap=a["umap"][:2]), r"subj01 umap: expected shape \(4, N=6, 2\)"),
+        (lambda a: a.update(ridge=RidgeArrays(np.full((N, T * D), np.inf))), "subj01 ridge brain_embeddings: 48 NaN/inf"),
+        (lambda a: a.update(ridge=RidgeArrays(a["brain_embeddings"], finals=a["blurry"][:3])), r"subj01 ridge finals: expected shape \(N=6"),
+        (lambda a: a.update(test_mode="triple"), "test_mode must be one of"),
+    ],
+)
+def test_writer_rejects_bad_subject(tmp_path: Path, change: Any, message: str) -> None:
+    arrays = _subject(1)
+    change(arrays)
+    with ResultsWriter(tmp_path / "r", strengths=STRENGTHS, world="demo") as w:
+        w.add_stimuli(*_stimuli())
+        with pytest.raises(DataFormatError, match=message):
+            w.add_subject("subj01", **arrays)
+    assert not (tmp_path / "r.partial").exists() and not (tmp_path / "r").exists()  # aborted cleanly
+
+
+def test_writer_rejects_bad_setup(tmp_path: Path) -> None:
+    with pytest.raises(DataFormatError, match=r"strengths must be .* in \[0, 1\]"):
+        ResultsWriter(tmp_path / "a", strengths=[1.5], world="demo")
+    with pytest.raises(DataFormatError, match="default strength 0.15 is not on the strength grid"):
+        ResultsWriter(tmp_path / "b", strengths=[0.0, 1.0], world="demo")
+    idx, images = _stimuli()
+    with ResultsWriter(tmp_path / "c", strengths=STRENGTHS, world="demo") as w:
+        with pytest.raises(DataFormatError, match="call add_stimuli"):
+            w.add_subject("subj01", **_subject(1))
+        with pytest.raises(DataFormatError, match=r"stimuli image_index: 1 duplicated values \(first: 3\)"):
+            w.add_stimuli(np.r_[idx[:-1], idx[0]], images)
+        with pytest.raises(DataFormatError, match=r"stimuli images: expected shape \(M=10, H, W, 3\)"):
+            w.add_stimuli(idx, images[:9])
+        w.add_stimuli(idx, images.transpose(0, 3, 1, 2))  # channels-first accepted
+        with pytest.raises(DataFormatError, match="invalid subject name"):
+            w.add_subject("../x", **_subject(1))
+        w.add_subject("subj01", **_subject(1))
+        with pytest.raises(DataFormatError, match="subject subj01 added twice"):
+            w.add_subject("subj01", **_subject(1))
+        with pytest.raises(DataFormatError, match="subject 'subj09' was not added"):
+            w.set_metrics("subj09", {})
+        w.set_metrics("subj01", {"x": 1})
+        w.finalize()
+    assert open_results(tmp_path / "c").subject("subj01").metrics == {"x": 1}
+    with pytest.raises(DataFormatError, match="already exists"):
+        ResultsWriter(tmp_path / "c", world="demo")
+
+
+def test_interrupted_write_leaves_nothing_that_opens(tmp_path: Path) -> None:
+    root = tmp_path / "res"
+    with pytest.raises(RuntimeError, match="boom"):
+        with ResultsWriter(root, strengths=STRENGTHS, world="demo") as w:
+            w.add_stimuli(*_stimuli())
+            w.add_subject("subj01", **_subject(1))
+            raise RuntimeError("boom")
+    assert not root.exists() and not (tmp_path / "res.partial").exists()
+    with pytest.raises(DataFormatError, match="not a results bundle: missing"):
         open_results(root)
-    manifest["version"] = 1
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    with h5py.File(root / "subj01.h5", "a") as h5:
-        del h5["image_embeddings"]
-        h5["image_embeddings"] = np.zeros((8, 5), np.float32)
-    with pytest.raises(DataFormatError, match=r"image_embeddings has shape \(8, 5\), expected \(8, 6\)"):
+    # a process killed mid-write (no __exit__): the partial folder stays, the reader says what happened
+    w = ResultsWriter(root, strengths=STRENGTHS, world="demo")
+    w.add_stimuli(*_stimuli())
+    with pytest.raises(DataFormatError, match=r"res.partial exists: the write was interrupted"):
         open_results(root)
-    (root / "subj01.h5").unlink()
-    with pytest.raises(DataFormatError, match="missing file .*subj01.h5"):
+    w.abort()
+    # overwrite=True keeps the old bundle until the new one is complete
+    old = _write(root)
+    with pytest.raises(RuntimeError):
+        with ResultsWriter(root, strengths=STRENGTHS, world="other", overwrite=True):
+            raise RuntimeError("crash")
+    assert open_results(old).world == "demo"
+
+
+def _edit_manifest(root: Path, fn: Any) -> None:
+    m = json.loads((root / "manifest.json").read_text())
+    fn(m)
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+def test_reader_validates_manifest(tmp_path: Path) -> None:
+    root = _write(tmp_path / "res")
+    good = (root / "manifest.json").read_text()
+
+    def expect(fn: Any, message: str) -> None:
+        (root / "manifest.json").write_text(good)
+        _edit_manifest(root, fn)
+        with pytest.raises(DataFormatError, match=message):
+            open_results(root)
+
+    expect(lambda m: m.update(version=1), re.escape(
+        f"results bundle {root} is format version 1; this code reads version 2: rebuild it with "
+        "`mindeye build-demo` or re-run the reconstruction"))
+    expect(lambda m: m.update(version=3), r"format version 3, newer than this code reads \(2\): upgrade")
+    expect(lambda m: m.update(version="2"), "unknown results format version '2'")
+    expect(lambda m: m.update(format="mindeye-dataset"), "not a 'mindeye-results' manifest")
+    expect(lambda m: m.pop("default_strength"), "missing key 'default_strength'")
+    expect(lambda m: m.update(default_strength=0.5), "default_strength 0.5 is not on the grid")
+    expect(lambda m: m["subjects"]["subj01"].pop("n_candidates"), "subject subj01 lacks 'n_candidates'")
+    expect(lambda m: m["stimuli"].pop("image_size"), "stimuli lacks 'image_size'")
+    expect(lambda m: m["subjects"]["subj01"].update(file="subj09.h5"), r"missing file .*subj09.h5")
+    expect(lambda m: m["subjects"]["subj01"].update(n_candidates=4),
+           r"subj01.h5: dataset 'candidates' has shape \(6, 3, 8, 8, 3\), expected \(6, 4, 8, 8, 3\)")
+    (root / "manifest.json").write_text("{not json")
+    with pytest.raises(DataFormatError, match="corrupt results manifest"):
         open_results(root)
+    (root / "manifest.json").write_text(good)
     assert read_results_manifest(root)["dataset"] == "demo-test"
 
 
-def test_evaluate_bundle_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("key", "data", "message"),
+    [
+        ("candidate_scores", np.zeros((N - 1, K), np.float32), r"dataset 'candidate_scores' has shape \(5, 3\), expected \(6, 3\)"),
+        ("seed", np.zeros(N, np.int32), "dataset 'seed' has dtype int32, expected int64"),
+        ("retrieval/similarity", np.zeros((N, N - 1), np.float32), r"dataset 'retrieval/similarity' has shape \(6, 5\)"),
+        ("embeddings/prior", np.zeros((N, T * D), np.float32), "dataset 'embeddings/prior' has dtype float32, expected float16"),
+        ("umap", None, "missing dataset 'umap'"),
+        ("ridge/finals", None, "missing dataset 'ridge/finals'"),
+        ("stimulus_row", np.full(N, 10, np.int64), r"dataset 'stimulus_row' has values outside \[0, 10\)"),
+        ("stimulus_row", np.zeros(N, np.int64), "dataset 'stimulus_row' does not point at the stimuli of 'image_index'"),
+        ("picked", np.full(N, -1, np.int64), r"dataset 'picked' has values outside \[0, 3\)"),
+    ],
+)
+def test_reader_validates_arrays(tmp_path: Path, key: str, data: np.ndarray | None, message: str) -> None:
     root = _write(tmp_path / "res")
-    extractors, unavailable = load_extractors(["alexnet", "clip"], "tiny")
+    with h5py.File(root / "subj01.h5", "a") as h5:
+        del h5[key]
+        if data is not None:
+            h5[key] = data
+    with pytest.raises(DataFormatError, match=r"subj01\.h5: " + message):
+        open_results(root)
+    open_results(root, validate_arrays=False)  # the manifest alone is fine
+
+
+def test_reader_validates_files(tmp_path: Path) -> None:
+    root = _write(tmp_path / "res")
+    with h5py.File(root / "stimuli.h5", "a") as h5:
+        del h5["images"]
+        h5["images"] = np.zeros((10, 8, 8, 3), np.float32)
+    with pytest.raises(DataFormatError, match=r"stimuli\.h5: dataset 'images' has dtype float32, expected uint8"):
+        open_results(root)
+    (root / "subj01.h5").write_bytes(b"not an hdf5 file")
+    (root / "stimuli.h5").unlink()
+    with pytest.raises(DataFormatError, match=r"missing file .*stimuli\.h5"):
+        open_results(root, validate_arrays=False)
+    shutil.copy(root / "subj01.h5", root / "stimuli.h5")
+    with pytest.raises(DataFormatError, match=r"corrupt results file .*stimuli\.h5"):
+        open_results(root)
+
+
+def test_reading_imports_no_torch_metrics_umap_or_plotly(tmp_path: Path) -> None:
+    root = _write(tmp_path / "res")
+    code = f"""
+import sys
+from mindeye_core.results import open_results
+b = open_results({str(root)!r})
+s = b.subject("subj01")
+s.ground_truth([0, 1]); s.finals(0.15, 2); s.candidates(0); s.prior_samples(0); s.umap(); s.embeddings("prior")
+s.top_k(0, k=3, direction="image_to_brain"); s.retrieval_ranks(); s.ridge.similarity(); b.stimuli()
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "umap", "plotly", "numba")
+             or m.startswith("mindeye_core.metrics"))
+print(bad)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+class _FakeHub:
+    """Stand-ins for the huggingface_hub calls: a local folder per (repo, revision); calls bind to real signatures."""
+
+    def __init__(self, hub_dir: Path) -> None:
+        import huggingface_hub
+
+        self.dir = hub_dir
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        real_api, self.real_download = huggingface_hub.HfApi, huggingface_hub.snapshot_download  # before patching
+        fake = self
+
+        class Api:
+            def __init__(self, **kwargs: Any) -> None:
+                inspect.signature(real_api).bind(**kwargs)
+
+            def create_repo(self, *args: Any, **kwargs: Any) -> None:
+                fake._record("create_repo", real_api.create_repo, args, kwargs)
+
+            def create_branch(self, *args: Any, **kwargs: Any) -> None:
+                fake._record("create_branch", real_api.create_branch, args, kwargs)
+
+            def upload_folder(self, *args: Any, **kwargs: Any) -> str:
+                b = fake._record("upload_folder", real_api.upload_folder, args, kwargs)
+                dst = fake.dir / b["repo_id"] / (b.get("revision") or "main")
+                shutil.copytree(b["folder_path"], dst, dirs_exist_ok=True)
+                return f"https://hub.invalid/datasets/{b['repo_id']}/commit/1"
+
+        self.Api = Api
+
+    def _record(self, name: str, real: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        bound = inspect.signature(real).bind(None, *args, **kwargs).arguments
+        bound.pop("self")
+        self.calls.append((name, bound))
+        return bound
+
+    def snapshot_download(self, *args: Any, **kwargs: Any) -> str:
+        b = inspect.signature(self.real_download).bind(*args, **kwargs).arguments
+        self.calls.append(("snapshot_download", b))
+        src = self.dir / b["repo_id"] / (b.get("revision") or "main")
+        if not src.is_dir():
+            raise FileNotFoundError(f"no such repo/revision {src}")
+        dst = Path(b.get("local_dir") or Path(b["cache_dir"]) / b["repo_id"].replace("/", "--"))
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+        return str(dst)
+
+
+def test_hub_round_trip_via_local_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    hub = _FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub, "HfApi", hub.Api)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
+    root = _write(tmp_path / "res")
+    url = push_results_to_hub(root, "me/demo-results", revision="v2", private=True, token="t")
+    assert "me/demo-results" in url
+    names = [c[0] for c in hub.calls]
+    assert names == ["create_repo", "create_branch", "upload_folder"]
+    assert hub.calls[0][1]["repo_type"] == "dataset" and hub.calls[0][1]["exist_ok"] and hub.calls[0][1]["private"]
+    assert hub.calls[2][1]["repo_type"] == "dataset" and hub.calls[2][1]["revision"] == "v2"
+
+    b = results_from_hub("me/demo-results", revision="v2", cache_dir=tmp_path / "cache")
+    assert hub.calls[-1][1]["repo_type"] == "dataset" and hub.calls[-1][1]["revision"] == "v2"
+    np.testing.assert_array_equal(b.subject("subj01").retrieval_ranks()["brain_to_image"],
+                                  open_results(root).subject("subj01").retrieval_ranks()["brain_to_image"])
+    b2 = results_from_hub("me/demo-results", revision="v2", local_dir=tmp_path / "here")
+    assert b2.root == tmp_path / "here"
+    assert results_from_hub(str(root)).root == root  # a local folder is used as-is, no hub call
+    assert hub.calls[-1][0] == "snapshot_download" and len(hub.calls) == 5
+    from mindeye_core.errors import MindEyeError
+
+    with pytest.raises(MindEyeError, match="could not fetch results bundle 'me/missing'"):
+        results_from_hub("me/missing", cache_dir=tmp_path / "cache")
+    with pytest.raises(DataFormatError, match="not a results bundle"):
+        push_results_to_hub(tmp_path / "nothing", "me/x")
+
+
+def test_joint_umap_deterministic_and_shaped() -> None:
+    from mindeye_core.projection import bundle_umap, joint_umap
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((N, T * D))
+    emb = {s: base + 0.5 * rng.standard_normal(base.shape) for s in UMAP_SPACES}
+    emb["projector"] = emb["projector"].reshape(N, T, D)  # any (N, ...) shape is flattened
+    a = bundle_umap(emb, seed=3)
+    assert a.shape == (len(UMAP_SPACES), N, 2) and a.dtype == np.float32 and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, bundle_umap(emb, seed=3))  # same seed, same coordinates
+    two = joint_umap({"prior": emb["prior"], "clip_image": emb["clip_image"]}, seed=3)
+    assert two.shape == (2, N, 2) and not np.array_equal(two, a[[3, 0]])  # a different fit
+    with pytest.raises(DataFormatError, match="needs exactly the spaces"):
+        bundle_umap({"clip_image": base})
+    with pytest.raises(DataFormatError, match=r"backbone embeddings have shape \(6, 3\)"):
+        joint_umap({"clip_image": base, "backbone": base[:, :3]})
+
+
+# ------------------------------------------------------------------------------ evaluation + CLI (v2)
+def _eval_bundle(root: Path) -> Path:
+    """A 32 x 32 bundle (N = 8, blurry images, no other optional part) for the metrics tests."""
+    arrays = _subject(1, size=32, n=8)
+    return _write(root, size=32, subjects={"subj01": dict(_minimal(arrays), blurry=arrays["blurry"])})
+
+
+def test_evaluate_bundle_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mindeye_core.metrics import cli as metrics_cli
+    from mindeye_core.metrics.evaluate import evaluate_bundle
+    from mindeye_core.metrics.features import load_extractors
+
+    root = _eval_bundle(tmp_path / "res")
+    extractors, _ = load_extractors(["alexnet", "clip"], "tiny")
     out = evaluate_bundle(root, extractors=extractors, unavailable={"swav": "offline", "effnet": "offline", "inception": "offline"},
                           retrieval_kwargs={"n_draws": 3})
     entry = out["subj01"]
     assert set(entry["strengths"]) == {"0", "0.15", "1"}
     assert set(entry["strengths"]["0.15"]) == {"pixcorr", "ssim", "alexnet2", "alexnet5", "clip"}
-    assert entry["unavailable"]["swav"] == "offline"
-    # the strength with the least noise correlates best with the ground truth
-    assert entry["strengths"]["1"]["pixcorr"] > entry["strengths"]["0"]["pixcorr"]
-    assert "blurry" in entry and entry["retrieval"]["n_candidates"] == 8
+    assert entry["unavailable"]["swav"] == "offline" and "blurry" in entry
+    ranks = open_results(root).subject("subj01").retrieval_ranks()
+    assert entry["retrieval"]["n_candidates"] == 8
+    assert entry["retrieval"]["full_brain_to_image"] == pytest.approx((ranks["brain_to_image"] == 0).mean())
     stored = open_results(root).subject("subj01").metrics
     assert stored["strengths"]["0.15"]["pixcorr"] == pytest.approx(entry["strengths"]["0.15"]["pixcorr"])
 
-    # CLI: evaluate with tiny weights, then re-render with `table`
     parser = argparse.ArgumentParser()
     metrics_cli.register(parser.add_subparsers())
     args = parser.parse_args(["evaluate", str(root), "--weights", "tiny", "--metrics", "pixcorr", "ssim", "alexnet2",
@@ -161,9 +527,9 @@ def tiny_clip_factory():  # used by the --extractor test below (module:factory i
 
 
 def test_cli_extractor_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import sys
+    from mindeye_core.metrics import cli as metrics_cli
 
-    root = _write(tmp_path / "res")
+    root = _eval_bundle(tmp_path / "res")
     sys.modules.setdefault("tests_results_helpers", sys.modules[__name__])
     parser = argparse.ArgumentParser()
     metrics_cli.register(parser.add_subparsers())
@@ -179,10 +545,10 @@ def test_cli_extractor_override(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "expects NAME=MODULE:FACTORY" in capsys.readouterr().err
 
 
-def test_training_evaluate_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_training_evaluate_script(tmp_path: Path) -> None:
     import importlib.util
 
-    root = _write(tmp_path / "res")
+    root = _eval_bundle(tmp_path / "res")
     script = Path(__file__).resolve().parent.parent / "training" / "evaluate.py"
     spec = importlib.util.spec_from_file_location("training_evaluate", script)
     assert spec is not None and spec.loader is not None

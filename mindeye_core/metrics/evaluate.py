@@ -3,7 +3,7 @@
 :func:`evaluate_reconstructions` returns the eight Table-1 reconstruction metrics; metrics whose feature
 network is unavailable are reported in ``unavailable`` with the reason instead of failing.
 :func:`evaluate_bundle` evaluates every subject and strength of a results bundle, adds the retrieval
-protocol on its embeddings, and (optionally) stores the numbers back into the bundle's manifest.
+protocol on its stored similarity matrix, and (optionally) stores the numbers back into the bundle's manifest.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from .features import METRIC_TO_EXTRACTOR, PAPER_PRE_RESIZE, FeatureExtractor
 from .identification import correlation_distance_per_sample, two_way_identification_per_sample
 from .lowlevel import check_pairs, pixcorr_per_image, ssim_per_image
-from .retrieval import retrieval_metrics
+from .retrieval import retrieval_metrics_from_similarity
 
 LOWLEVEL_METRICS = ("pixcorr", "ssim")
 TWO_WAY_METRICS = ("alexnet2", "alexnet5", "inception", "clip")
@@ -142,7 +142,8 @@ def evaluate_bundle(
         bundle: a :class:`~mindeye_core.results.ResultsBundle` or a path to one.
         subjects, strengths: restrict the evaluation (default: all in the bundle).
         include_blurry: also evaluate the blurry (low-level only) images under the key ``"blurry"``.
-        retrieval_kwargs: passed to :func:`~.retrieval.retrieval_metrics` (``n_draws``, ``seed``...).
+        retrieval_kwargs: passed to :func:`~.retrieval.retrieval_metrics_from_similarity` (``n_draws``,
+            ``seed``...), run on the bundle's stored ``[brain, image]`` similarity matrix.
         store: write the numbers into the bundle's manifest.
 
     Returns:
@@ -175,8 +176,8 @@ def evaluate_bundle(
                 paper_parity=paper_parity, gt_feature_cache=cache, batch_size=batch_size, device=device,
             )
             entry["blurry"] = res.metrics
-        entry["retrieval"] = retrieval_metrics(
-            subj.brain_embeddings(), subj.image_embeddings(), device=device, **dict(retrieval_kwargs or {})
+        entry["retrieval"] = retrieval_metrics_from_similarity(
+            subj.similarity("brain_to_image"), **dict(retrieval_kwargs or {})
         ).to_dict()
         if store:
             b.set_metrics(name, entry)

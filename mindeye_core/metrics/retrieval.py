@@ -26,99 +26,73 @@ retrieval -- ranks brains for each image. We compute and name both directions ex
 module maps them onto the paper's columns (see :mod:`mindeye_core.metrics.tables`).
 
 Full-set ranks are computed in query chunks, so ``10^5 x 10^5`` never materialises: memory is
-``chunk_size x N`` floats.
+``chunk_size x N`` floats. All the arithmetic (normalisation, cosine, strict ranks) is
+:mod:`mindeye_core.similarity`, shared with the results bundle and the retrievers; it runs in numpy on the
+CPU, so the ``device`` arguments kept here for backwards compatibility are ignored.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from .. import similarity as sim_core
 from ..errors import DataFormatError
 from .lowlevel import check_ids
 
 N_CANDIDATES = 300
 N_DRAWS = 30
-DIRECTIONS = ("brain_to_image", "image_to_brain")
+DIRECTIONS = sim_core.DIRECTIONS
+
+
+def _np_dtype(dtype: Any) -> Any:
+    """numpy dtype for a torch or numpy float dtype (``torch.float64 -> np.float64``)."""
+    return np.float64 if dtype in (torch.float64, np.float64) else np.float32
 
 
 def normalise_embeddings(x: Any, name: str = "embeddings", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(N, ...)`` -> ``(N, D)`` L2-normalised tensor; raises on NaN/inf or an all-zero row."""
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-    if t.ndim < 2:
-        raise DataFormatError(f"{name}: expected (N, D) embeddings, got shape {tuple(t.shape)}")
-    t = t.reshape(t.shape[0], -1).to(dtype)
-    bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        row = int(torch.nonzero(bad.any(dim=1))[0, 0])
-        raise DataFormatError(f"{name}: {int(bad.sum())} NaN/inf values (first in row {row})")
-    norm = t.norm(dim=1, keepdim=True)
-    zero = torch.nonzero(norm[:, 0] == 0)
-    if zero.numel():
-        raise DataFormatError(f"{name}: row {int(zero[0, 0])} is all zeros, cosine similarity is undefined")
-    return t / norm
+    """``(N, ...)`` -> ``(N, D)`` L2-normalised tensor; raises on NaN/inf or an all-zero row.
+
+    A torch view of :func:`mindeye_core.similarity.normalise` (kept for callers that want a tensor).
+    """
+    return torch.from_numpy(sim_core.normalise(x, name, dtype=_np_dtype(dtype)))
 
 
-def _pair(brain: Any, image: Any, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    b = normalise_embeddings(brain, "brain embeddings", dtype)
-    v = normalise_embeddings(image, "image embeddings", dtype)
-    if b.shape[0] != v.shape[0]:
-        raise DataFormatError(f"got {b.shape[0]} brain embeddings but {v.shape[0]} image embeddings; they must be paired 1:1")
-    if b.shape[1] != v.shape[1]:
-        raise DataFormatError(f"embedding sizes differ: brain {b.shape[1]}, image {v.shape[1]}")
-    if b.shape[0] < 2:
-        raise DataFormatError(f"retrieval needs at least 2 pairs, got {b.shape[0]}")
-    return b, v
-
-
-def paired_ranks(queries: torch.Tensor, candidates: torch.Tensor, *, chunk_size: int = 1024, device: str | torch.device = "cpu") -> np.ndarray:
+def paired_ranks(queries: Any, candidates: Any, *, chunk_size: int = 1024, device: str | torch.device = "cpu") -> np.ndarray:
     """Rank of each query's own candidate: ``rank_i = #{j != i : <q_i, c_j> >= <q_i, c_i>}``.
 
     Args:
         queries: ``(N, D)`` normalised; query ``i`` is paired with candidate ``i``.
         candidates: ``(N, D)`` normalised.
         chunk_size: queries per step; peak memory ``chunk_size x N`` similarities.
-        device: where to compute (e.g. ``"cuda"``).
+        device: ignored (the similarity core, :func:`mindeye_core.similarity.ranks`, runs in numpy on the
+            CPU); kept so existing callers keep working.
 
     Returns:
         ``(N,)`` int64; 0 means a strict top-1 hit.
     """
-    n = queries.shape[0]
-    cand = candidates.to(device)
-    ranks = np.empty(n, dtype=np.int64)
-    for s in range(0, n, chunk_size):
-        e = min(n, s + chunk_size)
-        q = queries[s:e].to(device)
-        sims = q @ cand.T  # (c, N)
-        rows = torch.arange(e - s, device=sims.device)
-        own = sims[rows, rows + s].unsqueeze(1)
-        # the own entry is >= itself, hence the - 1
-        ranks[s:e] = ((sims >= own).sum(dim=1) - 1).cpu().numpy()
-    return ranks
+    q, c = sim_core.as_numpy(queries), sim_core.as_numpy(candidates)
+    dtype = np.float64 if np.float64 in (q.dtype, c.dtype) else np.float32
+    return sim_core.ranks(q, c, chunk_size=chunk_size, assume_normalised=True, dtype=dtype)
 
 
 def full_set_ranks(brain: Any, image: Any, *, chunk_size: int = 1024, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, np.ndarray]:
     """Ranks of the correct candidate among all ``N`` test samples, both directions.
 
+    :func:`mindeye_core.similarity.full_set_ranks` with torch-style arguments (``device`` is ignored).
+
     Returns:
         ``{"brain_to_image": (N,) int64, "image_to_brain": (N,) int64}``.
     """
-    b, v = _pair(brain, image, dtype)
-    return {
-        "brain_to_image": paired_ranks(b, v, chunk_size=chunk_size, device=device),
-        "image_to_brain": paired_ranks(v, b, chunk_size=chunk_size, device=device),
-    }
+    return sim_core.full_set_ranks(brain, image, chunk_size=chunk_size, dtype=_np_dtype(dtype))
 
 
-def _top1_square(b: torch.Tensor, v: torch.Tensor) -> tuple[float, float]:
-    sims = b @ v.T  # (n, n) [brain, image]
-    own = sims.diagonal()
-    b2i = float(((sims >= own.unsqueeze(1)).sum(dim=1) == 1).to(torch.float64).mean())
-    i2b = float(((sims >= own.unsqueeze(0)).sum(dim=0) == 1).to(torch.float64).mean())
-    return b2i, i2b
+def _top1_of_square(sim: np.ndarray) -> tuple[float, float]:
+    """Strict top-1 fractions of a square ``[brain, image]`` similarity matrix, both directions."""
+    return float((sim_core.ranks(sim) == 0).mean()), float((sim_core.ranks(sim.T) == 0).mean())
 
 
 def draw_subsets(n: int, n_candidates: int = N_CANDIDATES, n_draws: int = N_DRAWS, seed: int = 0) -> np.ndarray:
@@ -169,6 +143,40 @@ def _ci95(values: np.ndarray) -> tuple[float, float]:
     return (mean - half, mean + half)
 
 
+def _protocol(
+    n: int,
+    square: Callable[[np.ndarray], np.ndarray],
+    full_ranks: Callable[[], dict[str, np.ndarray]],
+    *,
+    n_candidates: int,
+    n_draws: int,
+    seed: int,
+) -> RetrievalResult:
+    """Among-``n_candidates`` draws and full-set top-1; ``square(idx)`` gives the ``[brain, image]`` sub-matrix."""
+    k = min(n_candidates, n)
+    b2i_d, i2b_d = [], []
+    for idx in draw_subsets(n, k, n_draws, seed):
+        x, y = _top1_of_square(square(idx))
+        b2i_d.append(x)
+        i2b_d.append(y)
+    ranks = full_ranks()
+    b2i_arr, i2b_arr = np.asarray(b2i_d), np.asarray(i2b_d)
+    return RetrievalResult(
+        brain_to_image=float(b2i_arr.mean()),
+        image_to_brain=float(i2b_arr.mean()),
+        brain_to_image_ci95=_ci95(b2i_arr),
+        image_to_brain_ci95=_ci95(i2b_arr),
+        full_brain_to_image=float((ranks["brain_to_image"] == 0).mean()),
+        full_image_to_brain=float((ranks["image_to_brain"] == 0).mean()),
+        n_samples=n,
+        n_candidates=k,
+        n_draws=n_draws,
+        seed=seed,
+        brain_to_image_draws=b2i_d,
+        image_to_brain_draws=i2b_d,
+    )
+
+
 def retrieval_metrics(
     brain: Any,
     image: Any,
@@ -190,38 +198,44 @@ def retrieval_metrics(
         n_candidates: candidates per draw (300). When ``N < n_candidates`` (tiny worlds) every draw uses
             all ``N`` samples and ``n_candidates`` is reported as ``N``.
         n_draws, seed: number of random draws and the RNG seed.
-        chunk_size, device, dtype: for the full-set ranks.
+        chunk_size, dtype: for the full-set ranks (:func:`mindeye_core.similarity.ranks`).
+        device: ignored (the similarity core runs in numpy on the CPU); kept for existing callers.
         brain_ids, image_ids: optional ``(N,)`` ids (e.g. dataset image index of each brain sample and of
             each image); when given they must match row by row.
     """
-    b, v = _pair(brain, image, dtype)
+    np_dtype = _np_dtype(dtype)
+    b, v = sim_core.check_pair(brain, image, dtype=np_dtype)
     check_ids(brain_ids, image_ids, b.shape[0], what="brain embeddings", other="image embeddings")
-    n = b.shape[0]
-    k = min(n_candidates, n)
-    subsets = draw_subsets(n, k, n_draws, seed)
-    b2i_d, i2b_d = [], []
-    bd, vd = b.to(device), v.to(device)
-    for idx in subsets:
-        t = torch.from_numpy(idx).to(bd.device)
-        x, y = _top1_square(bd[t], vd[t])
-        b2i_d.append(x)
-        i2b_d.append(y)
-    ranks = {
-        "brain_to_image": paired_ranks(b, v, chunk_size=chunk_size, device=device),
-        "image_to_brain": paired_ranks(v, b, chunk_size=chunk_size, device=device),
-    }
-    b2i_arr, i2b_arr = np.asarray(b2i_d), np.asarray(i2b_d)
-    return RetrievalResult(
-        brain_to_image=float(b2i_arr.mean()),
-        image_to_brain=float(i2b_arr.mean()),
-        brain_to_image_ci95=_ci95(b2i_arr),
-        image_to_brain_ci95=_ci95(i2b_arr),
-        full_brain_to_image=float((ranks["brain_to_image"] == 0).mean()),
-        full_image_to_brain=float((ranks["image_to_brain"] == 0).mean()),
-        n_samples=n,
-        n_candidates=k,
-        n_draws=n_draws,
-        seed=seed,
-        brain_to_image_draws=b2i_d,
-        image_to_brain_draws=i2b_d,
+    return _protocol(
+        b.shape[0],
+        lambda idx: sim_core.cosine_matrix(b[idx], v[idx], assume_normalised=True, dtype=np_dtype),
+        lambda: sim_core.full_set_ranks(b, v, chunk_size=chunk_size, dtype=np_dtype),
+        n_candidates=n_candidates, n_draws=n_draws, seed=seed,
+    )
+
+
+def retrieval_metrics_from_similarity(
+    similarity: Any,
+    *,
+    n_candidates: int = N_CANDIDATES,
+    n_draws: int = N_DRAWS,
+    seed: int = 0,
+) -> RetrievalResult:
+    """The same protocol as :func:`retrieval_metrics` on a precomputed similarity matrix.
+
+    Args:
+        similarity: ``(N, N)`` cosine similarities ``[brain i, image j]`` (e.g. a results bundle's
+            ``retrieval/similarity``); sample ``i`` saw image ``i``.
+        n_candidates, n_draws, seed: as in :func:`retrieval_metrics` (same draws for the same seed).
+    """
+    sim = sim_core.as_numpy(similarity)
+    if sim.ndim != 2 or sim.shape[0] != sim.shape[1] or sim.shape[0] < 2:
+        raise DataFormatError(f"similarity must be a square (N, N) matrix with N >= 2, got shape {tuple(sim.shape)}")
+    if not np.isfinite(sim).all():
+        raise DataFormatError("similarity matrix contains NaN/inf")
+    return _protocol(
+        sim.shape[0],
+        lambda idx: sim[np.ix_(idx, idx)],
+        lambda: {"brain_to_image": sim_core.ranks(sim), "image_to_brain": sim_core.ranks(sim.T)},
+        n_candidates=n_candidates, n_draws=n_draws, seed=seed,
     )

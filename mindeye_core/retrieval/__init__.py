@@ -1,13 +1,14 @@
 """Retrieve images for brain (or image) embeddings: a small ``Retriever`` protocol and three backends.
 
-* :class:`ExactRetriever`: precomputed embeddings in memory, exact cosine top-k in chunks (torch).
+* :class:`ExactRetriever`: precomputed embeddings in memory, exact cosine top-k in chunks
+  (:func:`mindeye_core.similarity.top_k`, numpy).
 * :class:`FaissRetriever`: the same search through a faiss index (``faiss-cpu``; exact ``IndexFlatIP`` by
   default, or any index you pass), for large candidate sets.
 * :class:`ClipRetrievalClient`: LAION-5B k-NN through the ``clip-retrieval`` client (paper Figure 3); an
   optional extra: ``pip install mindeye-explorer[laion]``. Needs the network, never used in tests.
 
-All backends L2-normalise queries and candidates, so scores are cosine similarities, and return
-``(scores (Q, k) float32 descending, ids (Q, k))``.
+All backends L2-normalise queries and candidates (:func:`mindeye_core.similarity.normalise`), so scores
+are cosine similarities, and return ``(scores (Q, k) float32 descending, ids (Q, k))``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from __future__ import annotations
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
-import torch
 
 from ..errors import MindEyeError
-from ..metrics.retrieval import normalise_embeddings
+from ..similarity import normalise, top_k
 
 
 @runtime_checkable
@@ -36,40 +36,36 @@ def _check_k(k: int, n: int) -> int:
     return min(int(k), n)
 
 
+def _dimension(q: np.ndarray, dim: int, what: str) -> np.ndarray:
+    if q.shape[1] != dim:
+        raise MindEyeError(f"query dimension {q.shape[1]} != {what} dimension {dim}")
+    return q
+
+
 class ExactRetriever:
     """Exact top-k over precomputed candidate embeddings.
 
+    Ties are ordered by the lower candidate row (see :mod:`mindeye_core.similarity`).
+
     Args:
-        embeddings: ``(N, ...)`` candidate embeddings (flattened and L2-normalised here).
+        embeddings: ``(N, ...)`` candidate embeddings (flattened and L2-normalised here, float32).
         ids: optional ``(N,)`` ids returned instead of row numbers (e.g. dataset image indices).
         chunk_size: queries per matrix product (memory ``chunk_size x N``).
-        device: torch device for the search.
     """
 
-    def __init__(self, embeddings: Any, ids: Sequence[Any] | np.ndarray | None = None, *, chunk_size: int = 1024,
-                 device: str | torch.device = "cpu") -> None:
-        self.embeddings = normalise_embeddings(embeddings, "candidate embeddings").to(device)
+    def __init__(self, embeddings: Any, ids: Sequence[Any] | np.ndarray | None = None, *, chunk_size: int = 1024) -> None:
+        self.embeddings = normalise(embeddings, "candidate embeddings")
         self.ids = None if ids is None else np.asarray(ids)
         if self.ids is not None and self.ids.shape != (self.embeddings.shape[0],):
             raise MindEyeError(f"ids must have shape ({self.embeddings.shape[0]},), got {self.ids.shape}")
         self.chunk_size = chunk_size
-        self.device = device
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = normalise_embeddings(queries, "queries")
-        if q.shape[1] != self.embeddings.shape[1]:
-            raise MindEyeError(f"query dimension {q.shape[1]} != candidate dimension {self.embeddings.shape[1]}")
-        k = _check_k(k, len(self))
-        scores, rows = [], []
-        for s in range(0, q.shape[0], self.chunk_size):
-            sims = q[s : s + self.chunk_size].to(self.device) @ self.embeddings.T
-            v, i = torch.topk(sims, k, dim=1)
-            scores.append(v.cpu().numpy())
-            rows.append(i.cpu().numpy())
-        sc, ix = np.concatenate(scores).astype(np.float32), np.concatenate(rows).astype(np.int64)
+        q = _dimension(normalise(queries, "queries"), self.embeddings.shape[1], "candidate")
+        ix, sc = top_k(q, self.embeddings, _check_k(k, len(self)), chunk_size=self.chunk_size, assume_normalised=True)
         return sc, (ix if self.ids is None else self.ids[ix])
 
 
@@ -88,7 +84,7 @@ class FaissRetriever:
             import faiss
         except ImportError as exc:  # pragma: no cover - faiss-cpu is pinned in requirements.txt
             raise MindEyeError("FaissRetriever needs faiss: pip install mindeye-explorer[faiss]") from exc
-        x = normalise_embeddings(embeddings, "candidate embeddings").numpy().astype(np.float32)
+        x = normalise(embeddings, "candidate embeddings")
         self.dim = x.shape[1]
         self.index = index if index is not None else faiss.IndexFlatIP(self.dim)
         if self.index.d != self.dim:
@@ -104,9 +100,7 @@ class FaissRetriever:
         return int(self.index.ntotal)
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = normalise_embeddings(queries, "queries").numpy().astype(np.float32)
-        if q.shape[1] != self.dim:
-            raise MindEyeError(f"query dimension {q.shape[1]} != index dimension {self.dim}")
+        q = _dimension(normalise(queries, "queries"), self.dim, "index")
         scores, rows = self.index.search(q, _check_k(k, len(self)))
         rows = rows.astype(np.int64)
         return scores.astype(np.float32), (rows if self.ids is None else self.ids[rows])
@@ -130,7 +124,7 @@ class ClipRetrievalClient:
         self._client = ClipClient(url=url, indice_name=indice_name, num_images=num_images)
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = normalise_embeddings(queries, "queries").numpy()
+        q = normalise(queries, "queries")
         scores = np.zeros((q.shape[0], k), np.float32)
         urls = np.full((q.shape[0], k), "", dtype=object)
         for i, emb in enumerate(q):

@@ -1,0 +1,524 @@
+"""Pure callbacks of the explorer: functions of ``(store, inputs)`` returning plain values.
+
+Nothing here touches Gradio components: each function returns images (``(H, W, 3)`` uint8 arrays),
+Markdown strings, pandas tables or plotly figure dicts, bundled in small dataclasses; ``app/layout.py``
+maps them onto components. Bad input raises :class:`gradio.Error` with a message that names the problem
+(a subject not in the bundle, a trial out of range, a strength outside [0, 1]); soft problems (a deep link
+naming an unknown subject) come back as ``warnings`` for the layout to show with ``gr.Warning``.
+
+Retrieval directions are named as in the paper: *image retrieval* = brain -> image (for a brain sample,
+rank the test images), *brain retrieval* = image -> brain (for an image, rank the brain samples).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlencode
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from mindeye_core.metrics.tables import (
+    COLUMNS,
+    TABLE1_REFERENCE,
+    TABLE5_KEYS,
+    TABLE5_REFERENCE,
+    TABLE7_SUBJ01,
+    TableRow,
+    ReferenceRow,
+    format_value,
+    table1_rows,
+    table5_rows,
+)
+
+from .store import UMAP_SPACES, ExplorerStore
+
+__all__ = [
+    "PAGE_SIZE",
+    "TABS",
+    "TOP_K",
+    "GalleryPage",
+    "QueryState",
+    "RetrievalView",
+    "StrengthView",
+    "SubjectView",
+    "TrialView",
+    "check_strength",
+    "check_subject",
+    "check_trial",
+    "gallery_page",
+    "link_query",
+    "metrics_chart",
+    "metrics_tables",
+    "random_trial",
+    "restore_from_query",
+    "retrieval_view",
+    "status_markdown",
+    "strength_view",
+    "subject_view",
+    "thumbnail",
+    "trial_from_gallery",
+    "trial_view",
+    "umap_figure",
+]
+
+TABS: tuple[str, ...] = ("trial", "browse", "retrieval", "umap", "metrics")
+"""Tab ids, in page order (the ``tab`` query parameter)."""
+PAGE_SIZE = 24
+"""Test images per gallery page."""
+TOP_K = 5
+"""Matches shown per retrieval direction."""
+SPACE_TITLES = {"clip_image": "CLIP image", "backbone": "backbone", "projector": "projector", "prior": "prior"}
+_SPACE_COLOURS = {"clip_image": "#4c78a8", "backbone": "#f58518", "projector": "#54a24b", "prior": "#b279a2"}
+_METRIC_NAMES = {key: head for key, head, _ in COLUMNS}
+
+
+# ------------------------------------------------------------------------------------ validation
+def check_subject(store: ExplorerStore, subject: str | None) -> str:
+    """``subject`` if the bundle has it; :class:`gr.Error` naming the available ones otherwise."""
+    if not store.ready:
+        raise gr.Error(store.problem or "no results bundle is loaded")
+    if subject not in store.subjects:
+        raise gr.Error(f"subject {subject!r} is not in the results bundle; available: {', '.join(store.subjects)}")
+    return str(subject)
+
+
+def check_trial(store: ExplorerStore, subject: str, trial: Any) -> int:
+    """``trial`` as an int in ``[0, N)``; :class:`gr.Error` naming the valid range otherwise."""
+    n = store.subject(subject).n
+    try:
+        value = float(trial)
+    except (TypeError, ValueError):
+        raise gr.Error(f"trial must be a number between 0 and {n - 1}, got {trial!r}") from None
+    if not math.isfinite(value) or value != int(value) or not 0 <= value < n:
+        raise gr.Error(f"trial {trial!r} is out of range: {subject} has {n} test trials (0 to {n - 1})")
+    return int(value)
+
+
+def check_strength(strength: Any) -> float:
+    """``strength`` as a float in [0, 1] (paper convention); :class:`gr.Error` otherwise."""
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise gr.Error(f"img2img strength must be a number in [0, 1], got {strength!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise gr.Error(f"img2img strength {strength!r} is outside [0, 1] (0 = pure high-level, 1 = only the blurry image)")
+    return value
+
+
+# ------------------------------------------------------------------------------------ header
+def status_markdown(store: ExplorerStore) -> str:
+    """The banner: what is loaded (world, subjects, grid, live or not), or what is missing and how to build it."""
+    if not store.ready:
+        return f"### Nothing to show yet\n\n{store.problem}"
+    prov = store.provenance
+    gen = prov.get("generator", {}) if isinstance(prov, Mapping) else {}
+    live = ("moving the slider generates live (tiny generator, the trial's seed)" if store.live
+            else f"the slider snaps to the bundle's strength grid ({store.live_problem})")
+    grid = ", ".join(f"{s:g}" for s in store.strengths)
+    name = gen.get("name", "") if isinstance(gen, Mapping) else ""
+    return (f"**{store.world}** world · {len(store.subjects)} subjects ({', '.join(store.subjects)}) · "
+            f"strength grid {grid} (default {store.default_strength:g}) · {live}"
+            + (f" · generator `{name}`" if name else "") + f" · bundle `{store.source}`")
+
+
+# ------------------------------------------------------------------------------------ strength
+@dataclass(frozen=True)
+class StrengthView:
+    """The part of the trial view that depends on the img2img strength.
+
+    Attributes:
+        strength: the strength shown (snapped to the grid when live generation is off).
+        final: the final reconstruction at that strength.
+        note: Markdown: precomputed, generated live (seconds, seed) or snapped (and why).
+        compare: ``(seen, final)`` for the before/after slider.
+        chart: plotly figure dict of each metric against strength, current strength marked.
+        live: whether the final was generated live.
+    """
+
+    strength: float
+    final: np.ndarray
+    note: str
+    compare: tuple[np.ndarray, np.ndarray]
+    chart: dict[str, Any]
+    live: bool = False
+
+
+def strength_view(store: ExplorerStore, subject: str, trial: Any, strength: Any) -> StrengthView:
+    """The final at ``strength``: precomputed on the grid, live off the grid when the store can generate,
+    otherwise snapped to the nearest grid strength (the note says so)."""
+    subject = check_subject(store, subject)
+    i = check_trial(store, subject, trial)
+    s = check_strength(strength)
+    seen = store.seen(subject, i)
+    grid = store.on_grid(s)
+    live = False
+    if grid is not None:
+        final = store.final(subject, i, grid)
+        s = grid
+        note = f"Strength {s:g}: precomputed (on the bundle's grid)."
+    elif store.live:
+        try:
+            result = store.regenerate(subject, i, s)
+        except (RuntimeError, ValueError) as exc:
+            raise gr.Error(f"live generation failed for {subject} trial {i} at strength {s:g}: {exc}") from exc
+        final, live = result.final, True
+        note = f"Strength {s:g}: generated live in {result.seconds:.2f} s with the trial's seed {result.seed}."
+    else:
+        snapped = store.nearest_on_grid(s)
+        final = store.final(subject, i, snapped)
+        note = (f"Strength {s:g} snapped to {snapped:g}, the nearest on the bundle's grid "
+                f"({', '.join(f'{g:g}' for g in store.strengths)}): {store.live_problem}.")
+        s = snapped
+    return StrengthView(strength=s, final=final, note=note, compare=(seen, final),
+                        chart=metrics_chart(store, subject, s), live=live)
+
+
+# ------------------------------------------------------------------------------------ retrieval
+@dataclass(frozen=True)
+class RetrievalView:
+    """Both retrieval directions for one trial.
+
+    Attributes:
+        summary: Markdown with the true match's rank in each direction (MindEye and ridge).
+        image_retrieval: brain -> image: ``(test image, caption)`` best first.
+        brain_retrieval: image -> brain: ``(seen image of the brain sample, caption)`` best first.
+        image_retrieval_trials / brain_retrieval_trials: the trials shown, best first.
+    """
+
+    summary: str
+    image_retrieval: list[tuple[np.ndarray, str]]
+    brain_retrieval: list[tuple[np.ndarray, str]]
+    image_retrieval_trials: list[int]
+    brain_retrieval_trials: list[int]
+
+
+def _rank_text(rank: int, n: int) -> str:
+    return f"rank **{rank + 1}** of {n}" + (" (top-1)" if rank == 0 else "")
+
+
+def retrieval_view(store: ExplorerStore, subject: str, trial: Any, k: int = TOP_K) -> RetrievalView:
+    """Top-``k`` of both directions for the trial's brain sample and its image, with the true rank."""
+    subject = check_subject(store, subject)
+    i = check_trial(store, subject, trial)
+    cache = store.subject(subject)
+    galleries: dict[str, tuple[list[tuple[np.ndarray, str]], list[int]]] = {}
+    for direction in ("brain_to_image", "image_to_brain"):
+        idx, sims = cache.top_k(i, k, direction)
+        images = store.seen(subject, idx.tolist())
+        what = "image" if direction == "brain_to_image" else "brain sample"
+        items = [(images[p], f"#{p + 1} · cos {sims[p]:.3f} · trial {j}" + (f" ✓ true {what}" if j == i else ""))
+                 for p, j in enumerate(idx.tolist())]
+        galleries[direction] = (items, idx.tolist())
+    lines = [
+        f"**Image retrieval** (brain → image: for brain sample {i}, rank all {cache.n} test images): "
+        f"true image at {_rank_text(int(cache.ranks['brain_to_image'][i]), cache.n)}.",
+        f"**Brain retrieval** (image → brain: for image {i}, rank all {cache.n} brain samples): "
+        f"true brain sample at {_rank_text(int(cache.ranks['image_to_brain'][i]), cache.n)}.",
+    ]
+    if cache.ridge_ranks:
+        lines.append(f"Ridge baseline: image retrieval {_rank_text(int(cache.ridge_ranks['brain_to_image'][i]), cache.n)}, "
+                     f"brain retrieval {_rank_text(int(cache.ridge_ranks['image_to_brain'][i]), cache.n)}.")
+    return RetrievalView(summary="\n\n".join(lines),
+                         image_retrieval=galleries["brain_to_image"][0],
+                         brain_retrieval=galleries["image_to_brain"][0],
+                         image_retrieval_trials=galleries["brain_to_image"][1],
+                         brain_retrieval_trials=galleries["image_to_brain"][1])
+
+
+# ------------------------------------------------------------------------------------ UMAP
+def umap_figure(store: ExplorerStore, subject: str, trial: Any) -> dict[str, Any]:
+    """Plotly figure dict: one panel per embedding space, every test sample a point (``customdata`` =
+    trial), the current trial as a red star. Empty figure with a message when the bundle has no UMAP."""
+    subject = check_subject(store, subject)
+    i = check_trial(store, subject, trial)
+    coords = store.subject(subject).umap
+    spaces = [s for s in UMAP_SPACES if s in coords]
+    if not spaces:
+        return {"data": [], "layout": {"annotations": [{"text": f"{subject}: this bundle has no UMAP coordinates",
+                                                         "showarrow": False, "x": 0.5, "y": 0.5,
+                                                         "xref": "paper", "yref": "paper"}],
+                                        "xaxis": {"visible": False}, "yaxis": {"visible": False}, "height": 200}}
+    cols = 2 if len(spaces) > 1 else 1
+    rows = math.ceil(len(spaces) / cols)
+    data: list[dict[str, Any]] = []
+    annotations = []
+    layout: dict[str, Any] = {"grid": {"rows": rows, "columns": cols, "pattern": "independent"},
+                              "showlegend": False, "hovermode": "closest", "clickmode": "event",
+                              "height": 330 * rows, "margin": {"l": 30, "r": 10, "t": 30, "b": 30},
+                              "meta": {"subject": subject, "trial": i}}
+    for p, space in enumerate(spaces):
+        xy = coords[space]
+        ax = "" if p == 0 else str(p + 1)
+        n = xy.shape[0]
+        data.append({"type": "scatter", "mode": "markers", "name": SPACE_TITLES.get(space, space),
+                     "x": np.round(xy[:, 0], 3).tolist(), "y": np.round(xy[:, 1], 3).tolist(),
+                     "customdata": list(range(n)), "xaxis": f"x{ax}", "yaxis": f"y{ax}",
+                     "marker": {"size": 6, "color": _SPACE_COLOURS.get(space, "#888"), "opacity": 0.55},
+                     "hovertemplate": "trial %{customdata}<extra>" + SPACE_TITLES.get(space, space) + "</extra>"})
+        data.append({"type": "scatter", "mode": "markers", "name": f"trial {i}",
+                     "x": [round(float(xy[i, 0]), 3)], "y": [round(float(xy[i, 1]), 3)], "customdata": [i],
+                     "xaxis": f"x{ax}", "yaxis": f"y{ax}",
+                     "marker": {"size": 16, "color": "#e4002b", "symbol": "star", "line": {"width": 1, "color": "#fff"}},
+                     "hovertemplate": "trial %{customdata} (current)<extra></extra>"})
+        layout[f"xaxis{ax}"] = {"showticklabels": False, "zeroline": False}
+        layout[f"yaxis{ax}"] = {"showticklabels": False, "zeroline": False}
+        annotations.append({"text": f"<b>{SPACE_TITLES.get(space, space)}</b>", "showarrow": False,
+                            "xref": f"x{ax} domain", "yref": f"y{ax} domain", "x": 0.5, "y": 1.08})
+    layout["annotations"] = annotations
+    return {"data": data, "layout": layout}
+
+
+def thumbnail(store: ExplorerStore, subject: str, trial: Any) -> str:
+    """PNG data URL of the seen image of ``trial`` (the UMAP hover)."""
+    subject = check_subject(store, subject)
+    return store.stimulus_thumbnail(subject, check_trial(store, subject, trial))
+
+
+# ------------------------------------------------------------------------------------ metrics
+def _metrics_entry(metrics: Mapping[str, Any], model: str) -> dict[str, Any] | None:
+    entry = metrics.get(model)
+    if not isinstance(entry, Mapping) or not entry.get("strengths") and not entry.get("retrieval"):
+        return None
+    out = dict(entry)
+    out.setdefault("unavailable", metrics.get("unavailable", {}))
+    out.setdefault("strengths", {})
+    return out
+
+
+def _frame(rows: Sequence[TableRow | ReferenceRow], keys: Sequence[str], first: str) -> pd.DataFrame:
+    heads = {key: f"{head} {'↑' if up else '↓'}" for key, head, up in COLUMNS}
+    records = [[r.method, *[format_value(k, r.values.get(k)) for k in keys], r.source] for r in rows]
+    return pd.DataFrame(records, columns=[first, *[heads[k] for k in keys], "Source"])
+
+
+def metrics_tables(store: ExplorerStore, subject: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 1 shape (MindEye, ridge, the paper's NSD rows for scale) and Table 5 shape (per strength)."""
+    subject = check_subject(store, subject)
+    metrics = store.subject(subject).metrics
+    keys = [c[0] for c in COLUMNS]
+    rows: list[TableRow | ReferenceRow] = []
+    source = f"{store.world} bundle"
+    for model, label in (("mindeye", "MindEye"), ("ridge", "Ridge")):
+        entry = _metrics_entry(metrics, model)
+        if entry is not None:
+            for row in table1_rows({subject: entry}, strength=store.default_strength, label=label):
+                rows.append(TableRow(row.method, row.values, source))
+    if not rows:
+        rows.append(TableRow(f"{subject}: no metrics in the bundle", {}, source))
+    rows += [r for r in TABLE1_REFERENCE if r.method == "MindEye"] + [TABLE7_SUBJ01]
+    table1 = _frame(rows, keys, "Method")
+    entry = _metrics_entry(metrics, "mindeye")
+    rows5: list[TableRow | ReferenceRow] = []
+    if entry is not None:
+        rows5 = [TableRow(r.method, r.values, source) for r in table5_rows(entry, subject=subject, label="MindEye")]
+    rows5 += list(TABLE5_REFERENCE.values())
+    return table1, _frame(rows5, TABLE5_KEYS, "Img2Img strength")
+
+
+def metrics_chart(store: ExplorerStore, subject: str, strength: float) -> dict[str, Any]:
+    """Plotly figure dict: each Table 5 metric against strength (small multiples), ``strength`` marked
+    by a vertical line in every panel; the paper's subject-1 values dotted for scale."""
+    entry = _metrics_entry(store.subject(subject).metrics, "mindeye") or {"strengths": {}}
+    by_strength = {float(k): v for k, v in entry["strengths"].items()}
+    xs = sorted(by_strength)
+    data: list[dict[str, Any]] = []
+    layout: dict[str, Any] = {"grid": {"rows": 2, "columns": 4, "pattern": "independent"}, "showlegend": False,
+                              "height": 420, "margin": {"l": 40, "r": 10, "t": 40, "b": 40}, "shapes": [],
+                              "annotations": [], "meta": {"subject": subject, "strength": float(strength)}}
+    ref_x = sorted(TABLE5_REFERENCE)
+    for p, key in enumerate(TABLE5_KEYS):
+        ax = "" if p == 0 else str(p + 1)
+        ys = [by_strength[x].get(key) if isinstance(by_strength[x], Mapping) else None for x in xs]
+        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{subject} {key}", "x": xs, "y": ys,
+                     "xaxis": f"x{ax}", "yaxis": f"y{ax}", "line": {"color": "#4c78a8"}})
+        data.append({"type": "scatter", "mode": "lines", "name": f"paper subj01 {key}", "x": ref_x,
+                     "y": [TABLE5_REFERENCE[x].values.get(key) for x in ref_x], "xaxis": f"x{ax}",
+                     "yaxis": f"y{ax}", "line": {"color": "#aaa", "dash": "dot"}})
+        layout[f"xaxis{ax}"] = {"range": [-0.05, 1.05], "title": {"text": "strength"} if p >= 4 else {}}
+        layout[f"yaxis{ax}"] = {}
+        layout["shapes"].append({"type": "line", "xref": f"x{ax}", "yref": f"y{ax} domain", "x0": float(strength),
+                                 "x1": float(strength), "y0": 0, "y1": 1, "line": {"color": "#e4002b", "width": 2}})
+        layout["annotations"].append({"text": f"<b>{_METRIC_NAMES[key]}</b>", "showarrow": False,
+                                      "xref": f"x{ax} domain", "yref": f"y{ax} domain", "x": 0.5, "y": 1.12})
+    return {"data": data, "layout": layout}
+
+
+# ------------------------------------------------------------------------------------ trial
+@dataclass(frozen=True)
+class TrialView:
+    """Everything the page shows for one (subject, trial, strength).
+
+    Attributes:
+        header: Markdown naming the trial (image row, seed, ranks).
+        seen / blurry: the seen image and the low-level reconstruction (``None`` without one).
+        view: the strength-dependent part (:class:`StrengthView`).
+        candidates: ``(candidate, caption)``, caption with its CLIP score, the picked one marked.
+        candidates_note: which candidate was picked and at which strength.
+        ridge_blurry / ridge_final: the ridge baseline's reconstructions (``None`` when absent).
+        ridge_note: what the ridge images are, or why there are none.
+        retrieval: both retrieval directions.
+        umap: the UMAP figure dict.
+    """
+
+    subject: str
+    trial: int
+    header: str
+    seen: np.ndarray
+    blurry: np.ndarray | None
+    view: StrengthView
+    candidates: list[tuple[np.ndarray, str]]
+    candidates_note: str
+    ridge_blurry: np.ndarray | None
+    ridge_final: np.ndarray | None
+    ridge_note: str
+    retrieval: RetrievalView
+    umap: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def trial_view(store: ExplorerStore, subject: str, trial: Any, strength: Any) -> TrialView:
+    """The whole page for one trial (seen, blurry, final at ``strength``, candidates, ridge, retrieval, UMAP)."""
+    subject = check_subject(store, subject)
+    i = check_trial(store, subject, trial)
+    cache = store.subject(subject)
+    view = strength_view(store, subject, i, strength)
+    scores = cache.candidate_scores[i]
+    picked = int(cache.picked[i])
+    cands = store.candidates(subject, i)
+    candidates = [(cands[k], f"CLIP {scores[k]:.3f}" + (" ✓ picked" if k == picked else ""))
+                  for k in range(cands.shape[0])]
+    ridge_blurry, ridge_final = store.ridge_images(subject, i)
+    if cache.ridge is None:
+        ridge_note = "This bundle has no ridge baseline."
+    else:
+        ridge_note = (f"Ridge baseline (linear, same samples): blurry from ridge → VAE latents, final from ridge → "
+                      f"CLIP tokens through the same generator at strength {store.default_strength:g}.")
+        if ridge_final is None:
+            ridge_note += " (No ridge images in this bundle: retrieval only.)"
+    blurry = store.blurry(subject, i)
+    header = (f"### {subject} · trial {i}\nseed {int(cache.seeds[i])} · image retrieval rank "
+              f"{int(cache.ranks['brain_to_image'][i]) + 1}/{cache.n} · brain retrieval rank "
+              f"{int(cache.ranks['image_to_brain'][i]) + 1}/{cache.n}"
+              + ("" if blurry is not None else " · no blurry reconstruction in this bundle"))
+    return TrialView(
+        subject=subject, trial=i, header=header, seen=store.seen(subject, i), blurry=blurry, view=view,
+        candidates=candidates,
+        candidates_note=(f"Best of {len(candidates)} candidates at the default strength {store.default_strength:g}, "
+                         f"ranked by cosine(CLIP(candidate), projector output); candidate {picked} was picked."),
+        ridge_blurry=ridge_blurry, ridge_final=ridge_final, ridge_note=ridge_note,
+        retrieval=retrieval_view(store, subject, i), umap=umap_figure(store, subject, i),
+    )
+
+
+def random_trial(store: ExplorerStore, subject: str, rng: random.Random | None = None) -> int:
+    """A uniformly random trial of ``subject``."""
+    subject = check_subject(store, subject)
+    return (rng or random.Random()).randrange(store.subject(subject).n)
+
+
+# ------------------------------------------------------------------------------------ gallery
+@dataclass(frozen=True)
+class GalleryPage:
+    """One page of the test-image gallery."""
+
+    items: list[tuple[np.ndarray, str]]
+    page: int
+    n_pages: int
+    label: str
+
+
+def gallery_page(store: ExplorerStore, subject: str, page: Any, page_size: int = PAGE_SIZE) -> GalleryPage:
+    """Page ``page`` (0-based, clamped to the valid range) of ``subject``'s test images."""
+    subject = check_subject(store, subject)
+    n = store.subject(subject).n
+    n_pages = max(1, math.ceil(n / page_size))
+    try:
+        p = int(float(page))
+    except (TypeError, ValueError):
+        raise gr.Error(f"gallery page must be a number, got {page!r}") from None
+    p = min(max(p, 0), n_pages - 1)
+    trials = list(range(p * page_size, min(n, (p + 1) * page_size)))
+    images = store.seen(subject, trials)
+    items = [(images[k], f"trial {t}") for k, t in enumerate(trials)]
+    return GalleryPage(items=items, page=p, n_pages=n_pages,
+                       label=f"Page {p + 1} of {n_pages} · trials {trials[0]}–{trials[-1]} of {n}")
+
+
+def trial_from_gallery(store: ExplorerStore, subject: str, page: Any, index: Any,
+                       page_size: int = PAGE_SIZE) -> int:
+    """The trial of the ``index``-th image on gallery page ``page``."""
+    subject = check_subject(store, subject)
+    return check_trial(store, subject, int(page) * page_size + int(index))
+
+
+# ------------------------------------------------------------------------------------ subject
+@dataclass(frozen=True)
+class SubjectView:
+    """What changes with the subject: the trial range, the tables and the first gallery page."""
+
+    subject: str
+    n_trials: int
+    table1: pd.DataFrame
+    table5: pd.DataFrame
+    gallery: GalleryPage
+
+
+def subject_view(store: ExplorerStore, subject: str) -> SubjectView:
+    subject = check_subject(store, subject)
+    t1, t5 = metrics_tables(store, subject)
+    return SubjectView(subject=subject, n_trials=store.subject(subject).n, table1=t1, table5=t5,
+                       gallery=gallery_page(store, subject, 0))
+
+
+# ------------------------------------------------------------------------------------ links
+@dataclass(frozen=True)
+class QueryState:
+    """The view a link asks for, with defaults filled in and what was wrong with the link."""
+
+    subject: str
+    trial: int
+    strength: float
+    tab: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def restore_from_query(store: ExplorerStore, params: Mapping[str, str]) -> QueryState:
+    """Parse ``?subject=subj02&trial=117&strength=0.3&tab=umap``; unknown or bad values fall back to the
+    defaults (first subject, trial 0, the default strength, the trial tab) with a warning naming them."""
+    if not store.ready:
+        raise gr.Error(store.problem or "no results bundle is loaded")
+    warnings: list[str] = []
+    subject = params.get("subject") or store.subjects[0]
+    if subject not in store.subjects:
+        warnings.append(f"link names subject {subject!r}, not in this bundle ({', '.join(store.subjects)}); "
+                        f"showing {store.subjects[0]}")
+        subject = store.subjects[0]
+    trial, strength = 0, store.default_strength
+    for key in ("trial", "strength"):
+        raw = params.get(key)
+        if raw in (None, ""):
+            continue
+        try:
+            if key == "trial":
+                trial = check_trial(store, subject, raw)
+            else:
+                strength = check_strength(raw)
+        except gr.Error as exc:
+            warnings.append(f"link parameter {key}={raw!r} ignored: {exc.message}")
+    tab = params.get("tab") or TABS[0]
+    if tab not in TABS:
+        warnings.append(f"link names tab {tab!r}; tabs are {', '.join(TABS)}")
+        tab = TABS[0]
+    return QueryState(subject=subject, trial=trial, strength=strength, tab=tab, warnings=warnings)
+
+
+def link_query(subject: str, trial: Any, strength: Any, tab: str) -> str:
+    """The query string that restores this view: ``?subject=...&trial=...&strength=...&tab=...``."""
+    params = {"subject": subject, "trial": int(float(trial)), "strength": f"{float(strength):g}",
+              "tab": tab if tab in TABS else TABS[0]}
+    return "?" + urlencode(params)

@@ -1,0 +1,470 @@
+"""The explorer's read-only store: one results bundle plus, on the demo world, live reconstruction.
+
+One :class:`ExplorerStore` is built at start-up and shared by every user session; nothing in it changes
+after :meth:`ExplorerStore.open` returns (generation runs under a lock; the models are frozen). On the
+demo world it holds one :class:`~mindeye_core.recon.Reconstructor` per subject (the shipped tiny CLIP,
+generator and VAE, the trained brain models of ``assets/demo_brain``), so moving the strength slider
+regenerates a trial's best-of-K final from its stored prior samples and seed, exactly as the bundle did.
+Callbacks (:mod:`app.callbacks`) read it through the small surface below; per-user state (subject, trial,
+strength, tab) lives in the page's components.
+
+The bundle is reached through the results-bundle reader of :mod:`mindeye_core.results`
+(``open_results``, format v2, ``docs/results_bundle.md``). The store only needs the part of that reader
+named by :class:`BundleReader` / :class:`SubjectReader`, so tests can hand it any object of that shape.
+
+A store whose bundle is missing or unreadable still opens: :attr:`ExplorerStore.problem` then says what is
+missing and how to build it, and the app shows that message instead of the views.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from mindeye_core.errors import MindEyeError
+from mindeye_core.paths import ASSETS_DIR
+from mindeye_core.results import UMAP_SPACES
+from mindeye_core.similarity import DIRECTIONS, top_k_of_similarity
+
+__all__ = [
+    "BUILD_HINT",
+    "ENV_DEMO_BRAIN",
+    "ENV_RESULTS",
+    "ENV_RESULTS_REVISION",
+    "UMAP_SPACES",
+    "BundleReader",
+    "ExplorerStore",
+    "LiveResult",
+    "SubjectCache",
+    "SubjectReader",
+    "default_brain_root",
+    "default_results_source",
+    "load_demo_reconstructors",
+    "open_bundle",
+    "png_data_url",
+]
+
+
+ENV_RESULTS = "MINDEYE_RESULTS"
+"""Environment variable: a bundle folder or a Hub dataset repo id (``owner/name``)."""
+ENV_RESULTS_REVISION = "MINDEYE_RESULTS_REVISION"
+"""Environment variable: the pinned revision (commit sha or tag) of a Hub bundle."""
+BUILD_HINT = (
+    "Build the demo bundle with `mindeye build-demo` (it trains the four demo subjects and writes "
+    "assets/demo_results), or point the app at a bundle folder or a Hub dataset repo id with "
+    f"`mindeye app --results PATH_OR_REPO` (or ${ENV_RESULTS})."
+)
+ENV_DEMO_BRAIN = "MINDEYE_DEMO_BRAIN"
+"""Environment variable: folder of the demo world's trained brain models (``<subject>/{highlevel,lowlevel}``)."""
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+# ------------------------------------------------------------------------------------ reader protocol
+class SubjectReader(Protocol):
+    """What the store reads of one subject (``ResultsBundle.subject(name)``, docs/results_bundle.md)."""
+
+    info: Mapping[str, Any]
+
+    def ground_truth(self, index: Any = None) -> np.ndarray: ...
+    def blurry(self, index: Any = None) -> np.ndarray | None: ...
+    def finals(self, strength: float | None = None, index: Any = None) -> np.ndarray: ...
+    def candidates(self, index: Any = None) -> np.ndarray: ...
+    def candidate_scores(self) -> np.ndarray: ...
+    def picked(self) -> np.ndarray: ...
+    def seeds(self) -> np.ndarray: ...
+    def prior_samples(self, index: Any) -> np.ndarray: ...
+    def embeddings(self, space: str) -> np.ndarray: ...
+    def umap(self) -> Mapping[str, np.ndarray] | None: ...
+    def similarity(self, direction: str = "brain_to_image") -> np.ndarray: ...
+    def retrieval_ranks(self) -> Mapping[str, np.ndarray]: ...
+
+    @property
+    def ridge(self) -> Any: ...
+    @property
+    def metrics(self) -> Mapping[str, Any]: ...
+
+
+class BundleReader(Protocol):
+    """What the store reads of a bundle (``mindeye_core.results.ResultsBundle``)."""
+
+    root: Path
+    strengths: list[float]
+    default_strength: float
+
+    @property
+    def subjects(self) -> list[str]: ...
+    @property
+    def world(self) -> str: ...
+    @property
+    def provenance(self) -> Mapping[str, Any]: ...
+
+    def subject(self, name: str) -> SubjectReader: ...
+
+
+# ------------------------------------------------------------------------------------ helpers
+def png_data_url(image: np.ndarray) -> str:
+    """``(H, W, 3)`` uint8 -> ``data:image/png;base64,...`` (for the UMAP hover)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def default_results_source() -> str:
+    """``$MINDEYE_RESULTS`` if set, else the shipped demo bundle folder ``assets/demo_results``."""
+    return os.environ.get(ENV_RESULTS) or str(ASSETS_DIR / "demo_results")
+
+
+def default_brain_root() -> Path:
+    """``$MINDEYE_DEMO_BRAIN`` if set, else ``assets/demo_brain`` (``<subject>/{highlevel,lowlevel}``)."""
+    env = os.environ.get(ENV_DEMO_BRAIN)
+    return Path(env).expanduser() if env else ASSETS_DIR / "demo_brain"
+
+
+def open_bundle(source: str | Path, revision: str | None = None,
+                opener: Callable[..., BundleReader] | None = None) -> BundleReader:
+    """Open the bundle at ``source``: a folder, or a Hub dataset repo id ``owner/name``.
+
+    A repo id is fetched once (``snapshot_download`` through ``mindeye_core.results.results_from_hub``) at
+    ``revision``, which must be given (a commit sha or tag) so that a Space shows a pinned bundle.
+
+    Args:
+        source: folder or repo id.
+        revision: pinned revision of a Hub bundle (default ``$MINDEYE_RESULTS_REVISION``).
+        opener: replaces ``results_from_hub`` (tests); called as ``opener(source, revision=...)``.
+
+    Raises:
+        FileNotFoundError: no folder there and not a repo id, or a repo id without a revision; the message
+            says what is missing and how to build it.
+        MindEyeError: the bundle cannot be fetched or read (the library's message).
+    """
+    path = Path(source).expanduser()
+    is_repo = not path.exists() and bool(_REPO_ID.match(str(source))) and not str(source).startswith((".", "~"))
+    if not is_repo and not (path / "manifest.json").is_file():
+        partial = path.with_name(path.name + ".partial")
+        what = (f"an interrupted write: {partial} exists, manifest.json is missing" if partial.exists()
+                else "the folder has no manifest.json" if path.is_dir() else "the folder does not exist")
+        raise FileNotFoundError(f"No results bundle at {path} ({what}).")
+    revision = revision or os.environ.get(ENV_RESULTS_REVISION)
+    if is_repo and not revision:
+        raise FileNotFoundError(f"{source!r} is not a local folder; as a Hub dataset repo id it needs a pinned "
+                                f"revision (--revision SHA or ${ENV_RESULTS_REVISION}).")
+    if opener is None:
+        from mindeye_core.results import results_from_hub as opener  # type: ignore[no-redef]
+    return opener(str(path) if not is_repo else str(source), revision=revision)
+
+
+def load_demo_reconstructors(subjects: Sequence[str], brain_root: str | Path, *, n_samples: int,
+                             strength: float, steps: int | None, guidance: float | None) -> dict[str, Any]:
+    """One :class:`~mindeye_core.recon.Reconstructor` per subject on the demo world, sharing one tiny CLIP,
+    tiny generator and tiny VAE; brain models from ``<brain_root>/<subject>/{highlevel,lowlevel}``.
+
+    Raises:
+        FileNotFoundError: a subject's ``highlevel`` folder is missing (the message names it).
+        MindEyeError: a model does not load or the parts do not fit together.
+    """
+    from mindeye_core.demo_models import load_demo_clip, load_demo_generator, load_demo_vae
+    from mindeye_core.models import LowLevelModel, MindEyeHighLevel
+    from mindeye_core.recon import Reconstructor
+
+    root = Path(brain_root)
+    missing = [str(root / s / "highlevel") for s in subjects if not (root / s / "highlevel").is_dir()]
+    if missing:
+        raise FileNotFoundError(f"no trained brain model at {', '.join(missing)}")
+    encoder, generator = load_demo_clip("hidden"), load_demo_generator()
+    vae = None
+    out = {}
+    for s in subjects:
+        brain = MindEyeHighLevel.from_pretrained(root / s / "highlevel")
+        low = None
+        if (root / s / "lowlevel").is_dir():
+            low = LowLevelModel.from_pretrained(root / s / "lowlevel")
+            vae = vae or load_demo_vae()
+        out[s] = Reconstructor(brain, encoder, generator, low, vae if low is not None else None,
+                               n_samples=n_samples, strength=strength if low is not None else 0.0,
+                               steps=steps, guidance=guidance)
+    return out
+
+
+# ------------------------------------------------------------------------------------ per-subject cache
+@dataclass
+class SubjectCache:
+    """The small arrays of one subject, read once (images stay on disk, read on demand).
+
+    Attributes:
+        n: number of test samples ``N``.
+        seeds: ``(N,)`` per-sample seeds.
+        picked: ``(N,)`` index of the picked candidate at the default strength.
+        candidate_scores: ``(N, K)`` CLIP scores of the candidates.
+        similarity: direction -> ``(N, N)`` cosine similarities, rows = queries of that direction.
+        ranks: direction -> ``(N,)`` rank of the true match (0 = top-1).
+        umap: space -> ``(N, 2)``, empty without a UMAP.
+        ridge_similarity / ridge_ranks: the same for the ridge baseline (empty without one).
+        metrics: the manifest's metrics block of the subject.
+    """
+
+    name: str
+    reader: SubjectReader
+    n: int
+    seeds: np.ndarray
+    picked: np.ndarray
+    candidate_scores: np.ndarray
+    similarity: dict[str, np.ndarray]
+    ranks: dict[str, np.ndarray]
+    umap: dict[str, np.ndarray]
+    ridge_similarity: dict[str, np.ndarray]
+    ridge_ranks: dict[str, np.ndarray]
+    metrics: dict[str, Any]
+    has_blurry: bool
+    ridge: Any = None
+
+    @classmethod
+    def load(cls, name: str, reader: SubjectReader) -> SubjectCache:
+        info = dict(reader.info)
+        ranks = {k: np.asarray(v) for k, v in reader.retrieval_ranks().items()}
+        ridge = reader.ridge
+        r_sim: dict[str, np.ndarray] = {}
+        r_ranks: dict[str, np.ndarray] = {}
+        if ridge is not None:
+            r_sim = {d: np.asarray(ridge.similarity(d), dtype=np.float32) for d in DIRECTIONS}
+            r_ranks = {k: np.asarray(v) for k, v in ridge.retrieval_ranks().items()}
+        return cls(
+            name=name, reader=reader, n=int(info["n_samples"]),
+            seeds=np.asarray(reader.seeds()), picked=np.asarray(reader.picked()),
+            candidate_scores=np.asarray(reader.candidate_scores(), dtype=np.float32),
+            similarity={d: np.asarray(reader.similarity(d), dtype=np.float32) for d in DIRECTIONS},
+            ranks=ranks, umap={k: np.asarray(v, dtype=np.float32) for k, v in (reader.umap() or {}).items()},
+            ridge_similarity=r_sim, ridge_ranks=r_ranks, metrics=dict(reader.metrics or {}),
+            has_blurry=bool(info.get("has_blurry")), ridge=ridge,
+        )
+
+    def top_k(self, index: int, k: int, direction: str, *, ridge: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best matches of query ``index`` in ``direction``: ``(indices (k,), cosines (k,))``."""
+        sim = (self.ridge_similarity if ridge else self.similarity)[direction]
+        return top_k_of_similarity(sim[int(index)], k)
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    """One live regeneration (best of the trial's K candidates, rescored at the new strength).
+
+    Attributes:
+        final: ``(H, W, 3)`` uint8 picked candidate.
+        candidates: ``(K, H, W, 3)`` uint8.
+        scores: ``(K,)`` cosine(CLIP(candidate), projector output).
+        picked: index of the final among the candidates.
+        seconds: wall time of the generation.
+        seed: the trial's seed.
+    """
+
+    final: np.ndarray
+    candidates: np.ndarray
+    scores: np.ndarray
+    picked: int
+    seconds: float
+    seed: int
+
+
+def _to_uint8_hwc(images: Any) -> np.ndarray:
+    """``(..., 3, H, W)`` float in [0, 1] (torch) -> ``(..., H, W, 3)`` uint8 (the bundle writer's rounding)."""
+    a = images.detach().float().cpu().numpy() if hasattr(images, "detach") else np.asarray(images, np.float32)
+    return np.moveaxis((a * 255.0 + 0.5).astype(np.uint8), -3, -1)
+
+
+# ------------------------------------------------------------------------------------ the store
+@dataclass
+class ExplorerStore:
+    """Read-only, shared state of the explorer (see module docstring). Build with :meth:`open`.
+
+    Attributes:
+        source: what was asked for (folder or repo id).
+        bundle: the opened bundle, or ``None`` when :attr:`problem` is set.
+        problem: why there is nothing to show, and how to fix it (``None`` when ready).
+        reconstructors: subject -> :class:`~mindeye_core.recon.Reconstructor` for live generation (demo world).
+        live_problem: why live generation is off, if it is.
+    """
+
+    source: str
+    bundle: BundleReader | None = None
+    problem: str | None = None
+    reconstructors: dict[str, Any] = field(default_factory=dict)
+    live_problem: str | None = None
+    _subjects: dict[str, SubjectCache] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def open(cls, source: str | Path | None = None, *, revision: str | None = None, live: bool | None = None,
+             brain_root: str | Path | None = None,
+             live_loader: Callable[[ExplorerStore], Mapping[str, Any]] | None = None,
+             opener: Callable[..., BundleReader] | None = None) -> ExplorerStore:
+        """Open a bundle and, on the demo world (``live`` not ``False``), the live reconstructors.
+
+        Never raises for a missing or unreadable bundle or model: the reason lands in :attr:`problem` /
+        :attr:`live_problem`, with how to fix it.
+
+        Args:
+            source: bundle folder or Hub dataset repo id; default :func:`default_results_source`.
+            revision: pinned Hub revision (see :func:`open_bundle`).
+            live: ``False`` never generates; ``None`` (default) generates on the demo world only.
+            brain_root: folder of ``<subject>/{highlevel,lowlevel}`` (default :func:`default_brain_root`).
+            live_loader: ``live_loader(store) -> {subject: Reconstructor}`` replacing the default
+                (:func:`load_demo_reconstructors` with the bundle's generation settings).
+            opener: ``opener(source, revision=...)`` replacing ``mindeye_core.results.results_from_hub``.
+        """
+        src = str(source) if source is not None else default_results_source()
+        try:
+            bundle = open_bundle(src, revision, opener)
+        except FileNotFoundError as exc:
+            return cls(source=src, problem=f"{exc} {BUILD_HINT}")
+        except (MindEyeError, OSError, KeyError, ValueError) as exc:
+            return cls(source=src, problem=f"The results bundle {src!r} cannot be read: {exc}. {BUILD_HINT}")
+        store = cls(source=src, bundle=bundle)
+        try:
+            for name in bundle.subjects:
+                store._subjects[name] = SubjectCache.load(name, bundle.subject(name))
+        except (MindEyeError, OSError, KeyError, ValueError) as exc:
+            return cls(source=src, problem=f"The results bundle {src!r} cannot be read: {exc}. {BUILD_HINT}")
+        if live is False or (live is None and store.world != "demo"):
+            store.live_problem = (f"live generation is off for the {store.world!r} world" if live is None
+                                  else "live generation was turned off (--no-live)")
+            return store
+        loader = live_loader or (lambda st: st._default_reconstructors(brain_root))
+        try:
+            store.reconstructors = dict(loader(store))
+        except FileNotFoundError as exc:
+            store.live_problem = f"{exc} (`mindeye build-demo` trains and writes them)"
+        except (MindEyeError, OSError, ValueError, RuntimeError) as exc:
+            store.live_problem = f"the live generator failed to load: {exc}"
+        return store
+
+    def _default_reconstructors(self, brain_root: str | Path | None) -> dict[str, Any]:
+        gen = dict(self.provenance.get("generation", {}))
+        k = {int(c.candidate_scores.shape[1]) for c in self._subjects.values()}
+        return load_demo_reconstructors(
+            self.subjects, brain_root if brain_root is not None else default_brain_root(),
+            n_samples=max(k), strength=self.default_strength, steps=gen.get("steps"), guidance=gen.get("guidance"))
+
+    # ---------------------------------------------------------------- what there is
+    @property
+    def ready(self) -> bool:
+        """``True`` when a bundle is open."""
+        return self.bundle is not None
+
+    @property
+    def live(self) -> bool:
+        """``True`` when the slider can generate at any strength (every subject has a reconstructor)."""
+        return bool(self.reconstructors) and all(s in self.reconstructors for s in self._subjects)
+
+    @property
+    def subjects(self) -> list[str]:
+        return list(self._subjects)
+
+    @property
+    def strengths(self) -> list[float]:
+        return [float(s) for s in self.bundle.strengths] if self.bundle is not None else []
+
+    @property
+    def default_strength(self) -> float:
+        return float(self.bundle.default_strength) if self.bundle is not None else 0.15
+
+    @property
+    def world(self) -> str:
+        return str(self.bundle.world) if self.bundle is not None else ""
+
+    @property
+    def provenance(self) -> Mapping[str, Any]:
+        return dict(self.bundle.provenance or {}) if self.bundle is not None else {}
+
+    def subject(self, name: str) -> SubjectCache:
+        """The cached subject ``name``; :class:`KeyError` naming the available ones otherwise."""
+        try:
+            return self._subjects[name]
+        except KeyError:
+            raise KeyError(f"subject {name!r} is not in the bundle; available: {', '.join(self._subjects)}") from None
+
+    def on_grid(self, strength: float) -> float | None:
+        """The grid strength equal to ``strength`` (to 1e-6), or ``None``."""
+        for s in self.strengths:
+            if abs(s - float(strength)) < 1e-6:
+                return s
+        return None
+
+    def nearest_on_grid(self, strength: float) -> float:
+        return min(self.strengths, key=lambda s: (abs(s - float(strength)), s))
+
+    # ---------------------------------------------------------------- images
+    def seen(self, subject: str, index: int | Sequence[int]) -> np.ndarray:
+        """Seen image(s) of sample(s) ``index``: ``(H, W, 3)`` for an int, ``(k, H, W, 3)`` for a list."""
+        reader = self.subject(subject).reader
+        if isinstance(index, (int, np.integer)):
+            return np.asarray(reader.ground_truth(int(index)))
+        return np.asarray(reader.ground_truth([int(i) for i in index]))
+
+    def blurry(self, subject: str, index: int) -> np.ndarray | None:
+        """``(H, W, 3)`` uint8 low-level reconstruction, or ``None`` when the bundle has none."""
+        cache = self.subject(subject)
+        return np.asarray(cache.reader.blurry(int(index))) if cache.has_blurry else None
+
+    def final(self, subject: str, index: int, strength: float) -> np.ndarray:
+        """Precomputed final at a grid strength (:class:`ValueError` off the grid)."""
+        s = self.on_grid(strength)
+        if s is None:
+            raise ValueError(f"strength {strength:g} is not on the bundle's grid {self.strengths}")
+        return np.asarray(self.subject(subject).reader.finals(s, int(index)))
+
+    def candidates(self, subject: str, index: int) -> np.ndarray:
+        """``(K, H, W, 3)`` best-of-N candidates at the default strength."""
+        return np.asarray(self.subject(subject).reader.candidates(int(index)))
+
+    def ridge_images(self, subject: str, index: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(ridge blurry, ridge final)`` of sample ``index`` (either may be ``None``)."""
+        ridge = self.subject(subject).ridge
+        if ridge is None:
+            return None, None
+        b, f = ridge.blurry(int(index)), ridge.finals(int(index))
+        return (None if b is None else np.asarray(b)), (None if f is None else np.asarray(f))
+
+    def stimulus_thumbnail(self, subject: str, index: int) -> str:
+        """PNG data URL of the seen image of sample ``index``."""
+        return png_data_url(self.seen(subject, int(index)))
+
+    # ---------------------------------------------------------------- live generation
+    def regenerate(self, subject: str, index: int, strength: float) -> LiveResult:
+        """Sample ``index``'s best-of-K final at any ``strength`` from its stored prior samples, blurry image
+        and seed (``Reconstructor.regenerate``: the bundle's pixels on its grid).
+
+        Raises:
+            RuntimeError: live generation is off (:attr:`live_problem` says why) or the subject has no blurry
+                image to start img2img from.
+        """
+        rec = self.reconstructors.get(subject)
+        if rec is None:
+            raise RuntimeError(f"live generation is unavailable: {self.live_problem or f'no model for {subject}'}")
+        import torch
+
+        cache = self.subject(subject)
+        i = int(index)
+        blurry = self.blurry(subject, i)
+        if blurry is None and float(strength) > 0:
+            raise RuntimeError(f"{subject} has no blurry reconstructions to start img2img from")
+        prior = torch.from_numpy(np.asarray(cache.reader.prior_samples(i)))[None]  # (1, K, T, D) float16
+        init = None if blurry is None else torch.from_numpy(blurry).permute(2, 0, 1)[None].contiguous()
+        projector = torch.from_numpy(np.asarray(cache.reader.embeddings("projector")[i], np.float32))[None]
+        seed = int(cache.seeds[i])
+        t0 = time.perf_counter()
+        with self._lock:
+            out = rec.regenerate(prior, init, [seed], float(strength), projector=projector)
+        seconds = time.perf_counter() - t0
+        return LiveResult(final=_to_uint8_hwc(out.finals[0]), candidates=_to_uint8_hwc(out.candidates[0]),
+                          scores=out.scores[0].numpy(), picked=int(out.picked[0]), seconds=seconds, seed=seed)

@@ -1,0 +1,422 @@
+"""The explorer app: store, pure callbacks, the Blocks, the CLI, and a gradio_client session on 127.0.0.1.
+
+Every test reads a tiny results bundle (format 2) written here by ``ResultsWriter``: 12 test samples,
+3 candidates, random 64 x 64 images, the default strength grid, ridge baseline and UMAP. Live generation
+uses the shipped tiny CLIP / generator / VAE with a tiny random brain model (regenerate does not use the
+brain model's weights), at 4 steps.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+gr = pytest.importorskip("gradio")
+
+from mindeye_core.results import RidgeArrays, ResultsWriter, open_results  # noqa: E402
+
+from app import callbacks as cb  # noqa: E402
+from app.layout import build_demo, launch_kwargs  # noqa: E402
+from app.store import ExplorerStore, open_bundle  # noqa: E402
+
+N, K, T, D, SIZE = 12, 3, 65, 128, 64
+SUBJECTS = ("subj01", "subj02")
+STEPS = 4
+
+
+# ------------------------------------------------------------------------------------ fixtures
+def _metrics(rng: np.random.Generator, strengths: list[float]) -> dict[str, Any]:
+    keys = ("pixcorr", "ssim", "alexnet2", "alexnet5", "inception", "clip", "effnet", "swav")
+    per = {f"{s:g}": {k: float(rng.uniform(0.1, 0.9)) for k in keys} for s in strengths}
+    return {"mindeye": {"strengths": per, "retrieval": {"brain_to_image": 0.75, "image_to_brain": 0.5}},
+            "ridge": {"strengths": {"0.15": {k: 0.2 for k in keys}},
+                      "retrieval": {"brain_to_image": 0.25, "image_to_brain": 0.125}},
+            "unavailable": {}}
+
+
+def write_test_bundle(root: Path, *, subjects: tuple[str, ...] = SUBJECTS, seed: int = 0) -> Path:
+    """A format-2 bundle of ``subjects`` (N=12, K=3, tokens 65 x 128, random 64 x 64 images)."""
+    rng = np.random.default_rng(seed)
+    with ResultsWriter(root, world="demo", dataset="test-bundle") as w:
+        stim_index = np.arange(100, 100 + N)
+        w.add_stimuli(stim_index, rng.integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8))
+        strengths = w.strengths
+        default = strengths.index(w.default_strength)
+        for s_i, name in enumerate(subjects):
+            clip = rng.standard_normal((N, T, D)).astype(np.float32)
+            cand = rng.integers(0, 256, (N, K, SIZE, SIZE, 3), dtype=np.uint8)
+            scores = rng.uniform(0.0, 1.0, (N, K)).astype(np.float32)
+            finals = rng.integers(0, 256, (len(strengths), N, SIZE, SIZE, 3), dtype=np.uint8)
+            finals[default] = cand[np.arange(N), scores.argmax(1)]
+            w.add_subject(
+                name, image_index=stim_index[rng.permutation(N)] if s_i else stim_index,
+                seeds=np.arange(N) + 1000 * s_i, finals=finals, candidates=cand, candidate_scores=scores,
+                prior_samples=(rng.standard_normal((N, K, T, D)) * 0.5).astype(np.float16),
+                brain_embeddings=clip + 1.5 * rng.standard_normal((N, T, D)).astype(np.float32),
+                image_embeddings=clip,
+                blurry=rng.integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8),
+                umap=rng.standard_normal((4, N, 2)).astype(np.float32),
+                ridge=RidgeArrays(brain_embeddings=clip + 4 * rng.standard_normal((N, T, D)).astype(np.float32),
+                                  finals=rng.integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8),
+                                  blurry=rng.integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8)),
+                metrics=_metrics(rng, strengths),
+            )
+        w.finalize(provenance={"seed": seed, "generation": {"steps": STEPS, "guidance": 3.0, "n_candidates": K},
+                               "generator": {"name": "tiny-generator"}})
+    return root
+
+
+def save_test_brains(root: Path, subjects: tuple[str, ...] = SUBJECTS) -> Path:
+    """Tiny random ``demo-highlevel``-shaped brain models (tokens 65 x 128) at ``root/<subject>/highlevel``."""
+    from mindeye_core.models import create_model
+
+    for s in subjects:
+        create_model("demo-highlevel", n_voxels=20, hidden=16, n_blocks=1, proj_hidden=16, prior_depth=1,
+                     prior_heads=2, prior_dim_head=8, prior_timesteps=10).save_pretrained(root / s / "highlevel")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_test_bundle(tmp_path_factory.mktemp("app_bundle") / "results")
+
+
+@pytest.fixture(scope="module")
+def brain_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_test_brains(tmp_path_factory.mktemp("app_brains"))
+
+
+@pytest.fixture(scope="module")
+def store(bundle_dir: Path, brain_dir: Path) -> ExplorerStore:
+    st = ExplorerStore.open(bundle_dir, brain_root=brain_dir)
+    assert st.ready and st.live, (st.problem, st.live_problem)
+    return st
+
+
+@pytest.fixture(scope="module")
+def still_store(bundle_dir: Path) -> ExplorerStore:
+    """The same bundle without live generation (the slider snaps)."""
+    return ExplorerStore.open(bundle_dir, live=False)
+
+
+@pytest.fixture(scope="module")
+def reader(bundle_dir: Path) -> Any:
+    return open_results(bundle_dir)
+
+
+def _error(fn: Any, *args: Any) -> str:
+    with pytest.raises(gr.Error) as info:
+        fn(*args)
+    return str(info.value.message)
+
+
+# ------------------------------------------------------------------------------------ store
+def test_store_reads_the_bundle(store: ExplorerStore, reader: Any) -> None:
+    assert store.subjects == list(SUBJECTS)
+    assert store.strengths == [0.0, 0.15, 0.3, 0.5, 0.7, 1.0] and store.default_strength == 0.15
+    assert store.world == "demo" and store.live and store.live_problem is None
+    s = reader.subject("subj02")
+    np.testing.assert_array_equal(store.seen("subj02", 5), s.ground_truth(5))
+    np.testing.assert_array_equal(store.seen("subj02", [7, 2, 7]), s.ground_truth([7, 2, 7]))
+    np.testing.assert_array_equal(store.final("subj02", 3, 0.3), s.finals(0.3, 3))
+    with pytest.raises(ValueError, match="not on the bundle's grid"):
+        store.final("subj02", 3, 0.31)
+    with pytest.raises(KeyError, match="subj09.*available: subj01, subj02"):
+        store.subject("subj09")
+
+
+def test_missing_bundle_says_what_and_how(tmp_path: Path) -> None:
+    st = ExplorerStore.open(tmp_path / "nowhere")
+    assert not st.ready and not st.live
+    assert str(tmp_path / "nowhere") in st.problem and "does not exist" in st.problem
+    assert "mindeye build-demo" in st.problem
+    text = cb.status_markdown(st)
+    assert "Nothing to show yet" in text and "mindeye build-demo" in text
+    assert "mindeye build-demo" in _error(cb.check_subject, st, "subj01")
+    demo = build_demo(st)  # builds: the page is the banner
+    assert any(getattr(b, "value", None) == text for b in demo.blocks.values())
+
+
+def test_interrupted_and_old_bundles_are_refused_by_name(tmp_path: Path, bundle_dir: Path) -> None:
+    (tmp_path / "results.partial").mkdir()
+    st = ExplorerStore.open(tmp_path / "results")
+    assert "interrupted write" in st.problem and "results.partial" in st.problem
+    old = tmp_path / "old"
+    shutil.copytree(bundle_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    st = ExplorerStore.open(old)
+    assert not st.ready and "version" in st.problem and "mindeye build-demo" in st.problem
+
+
+def test_hub_bundle_is_fetched_at_a_pinned_revision(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    calls: list[dict[str, Any]] = []
+
+    def fake_snapshot_download(**kwargs: Any) -> str:  # a local folder stands in for the Hub
+        calls.append(kwargs)
+        return str(bundle_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    st = ExplorerStore.open("someone/mindeye-results", live=False)
+    assert not st.ready and "pinned revision" in st.problem and not calls
+    st = ExplorerStore.open("someone/mindeye-results", revision="0123abcd", live=False)
+    assert st.ready and st.subjects == list(SUBJECTS)
+    assert calls == [{"repo_id": "someone/mindeye-results", "repo_type": "dataset", "revision": "0123abcd",
+                      "cache_dir": None, "local_dir": None, "token": None}]
+    monkeypatch.setenv("MINDEYE_RESULTS_REVISION", "feedbeef")
+    assert open_bundle("someone/mindeye-results").subjects == list(SUBJECTS)
+    assert calls[-1]["revision"] == "feedbeef"
+
+
+def test_live_off_without_brain_models(bundle_dir: Path, tmp_path: Path) -> None:
+    st = ExplorerStore.open(bundle_dir, brain_root=tmp_path / "no-brains")
+    assert st.ready and not st.live
+    assert str(tmp_path / "no-brains" / "subj01" / "highlevel") in st.live_problem
+    assert "mindeye build-demo" in st.live_problem
+    assert f"snaps to the bundle's strength grid ({st.live_problem})" in cb.status_markdown(st)
+
+
+# ------------------------------------------------------------------------------------ validation
+def test_bad_input_raises_errors_naming_the_problem(store: ExplorerStore) -> None:
+    assert "'subj09' is not in the results bundle; available: subj01, subj02" in _error(cb.check_subject, store, "subj09")
+    assert "trial 12 is out of range: subj01 has 12 test trials (0 to 11)" in _error(cb.check_trial, store, "subj01", 12)
+    assert "out of range" in _error(cb.check_trial, store, "subj01", -1)
+    assert "out of range" in _error(cb.check_trial, store, "subj01", 2.5)
+    assert "must be a number" in _error(cb.check_trial, store, "subj01", "abc")
+    assert "outside [0, 1]" in _error(cb.check_strength, 1.5)
+    assert "must be a number" in _error(cb.check_strength, None)
+    assert cb.check_trial(store, "subj01", 11.0) == 11 and cb.check_strength("0.3") == 0.3
+    assert "out of range" in _error(cb.trial_view, store, "subj01", 99, 0.15)
+
+
+# ------------------------------------------------------------------------------------ trial
+def test_trial_view_shows_the_bundle(store: ExplorerStore, reader: Any) -> None:
+    s = reader.subject("subj02")
+    i = 4
+    v = cb.trial_view(store, "subj02", i, 0.15)
+    assert v.subject == "subj02" and v.trial == i
+    np.testing.assert_array_equal(v.seen, s.ground_truth(i))
+    np.testing.assert_array_equal(v.blurry, s.blurry(i))
+    np.testing.assert_array_equal(v.view.final, s.finals(0.15, i))
+    np.testing.assert_array_equal(v.view.compare[0], v.seen)
+    np.testing.assert_array_equal(v.view.compare[1], v.view.final)
+    assert not v.view.live and "precomputed" in v.view.note
+    picked, scores = int(s.picked()[i]), s.candidate_scores()[i]
+    assert len(v.candidates) == K
+    for k, (img, caption) in enumerate(v.candidates):
+        np.testing.assert_array_equal(img, s.candidates(i)[k])
+        assert f"CLIP {scores[k]:.3f}" in caption and (("picked" in caption) == (k == picked))
+    assert f"candidate {picked} was picked" in v.candidates_note
+    np.testing.assert_array_equal(v.ridge_blurry, s.ridge.blurry(i))
+    np.testing.assert_array_equal(v.ridge_final, s.ridge.finals(i))
+    assert f"seed {int(s.seeds()[i])}" in v.header
+    assert f"image retrieval rank {int(s.retrieval_ranks()['brain_to_image'][i]) + 1}/{N}" in v.header
+
+
+def test_retrieval_both_directions(store: ExplorerStore, reader: Any) -> None:
+    s = reader.subject("subj01")
+    sim = s.similarity("brain_to_image")  # [brain i, image j]
+    for i in (0, 5, 11):
+        r = cb.retrieval_view(store, "subj01", i, k=4)
+        order = np.argsort(-sim[i], kind="stable")[:4]
+        assert r.image_retrieval_trials == order.tolist()
+        for p, (img, caption) in enumerate(r.image_retrieval):
+            np.testing.assert_array_equal(img, s.ground_truth(int(order[p])))
+            assert f"cos {sim[i, order[p]]:.3f}" in caption and (("true image" in caption) == (order[p] == i))
+        back = np.argsort(-sim[:, i], kind="stable")[:4]  # brain samples ranked for image i
+        assert r.brain_retrieval_trials == back.tolist()
+        assert "true brain sample" in r.brain_retrieval[back.tolist().index(i)][1] if i in back else True
+        ranks = s.retrieval_ranks()
+        assert f"true image at rank **{int(ranks['brain_to_image'][i]) + 1}** of {N}" in r.summary
+        assert f"true brain sample at rank **{int(ranks['image_to_brain'][i]) + 1}** of {N}" in r.summary
+        assert "brain → image" in r.summary and "image → brain" in r.summary and "Ridge baseline" in r.summary
+
+
+def test_strength_on_grid_is_precomputed_off_grid_is_live(store: ExplorerStore, reader: Any) -> None:
+    s = reader.subject("subj01")
+    v = cb.strength_view(store, "subj01", 2, 0.7)
+    assert v.strength == 0.7 and not v.live
+    np.testing.assert_array_equal(v.final, s.finals(0.7, 2))
+    live = cb.strength_view(store, "subj01", 2, 0.42)
+    assert live.live and live.strength == 0.42 and "generated live" in live.note and "seed 2" in live.note
+    assert live.final.shape == (SIZE, SIZE, 3) and live.final.dtype == np.uint8
+    # the same pixels as the library's Reconstructor.regenerate on the stored arrays and seed
+    import torch
+
+    rec = store.reconstructors["subj01"]
+    out = rec.regenerate(torch.from_numpy(s.prior_samples(2))[None], torch.from_numpy(s.blurry(2)).permute(2, 0, 1)[None],
+                         [int(s.seeds()[2])], 0.42,
+                         projector=torch.from_numpy(s.embeddings("projector")[2].astype(np.float32))[None])
+    expected = (out.finals[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(live.final, expected)
+    again = store.regenerate("subj01", 2, 0.42)
+    np.testing.assert_array_equal(again.final, live.final)
+    assert again.candidates.shape == (K, SIZE, SIZE, 3) and again.picked == int(np.argmax(again.scores))
+
+
+def test_strength_snaps_to_the_grid_without_live_generation(still_store: ExplorerStore, reader: Any) -> None:
+    v = cb.strength_view(still_store, "subj01", 1, 0.42)
+    assert v.strength == 0.5 and not v.live
+    assert "snapped to 0.5" in v.note and "turned off" in v.note
+    np.testing.assert_array_equal(v.final, reader.subject("subj01").finals(0.5, 1))
+    assert cb.strength_view(still_store, "subj01", 1, 0.2).strength == 0.15
+
+
+def test_umap_figure_highlights_the_trial(store: ExplorerStore, reader: Any) -> None:
+    coords = reader.subject("subj02").umap()
+    fig = cb.umap_figure(store, "subj02", 7)
+    assert fig["layout"]["meta"] == {"subject": "subj02", "trial": 7}
+    assert [t["name"] for t in fig["data"][::2]] == ["CLIP image", "backbone", "projector", "prior"]
+    for p, space in enumerate(("clip_image", "backbone", "projector", "prior")):
+        base, star = fig["data"][2 * p], fig["data"][2 * p + 1]
+        assert base["customdata"] == list(range(N)) and star["customdata"] == [7]
+        np.testing.assert_allclose(base["x"], coords[space][:, 0], atol=1e-3)
+        np.testing.assert_allclose([star["x"][0], star["y"][0]], coords[space][7], atol=1e-3)
+        assert base["xaxis"] == star["xaxis"] == ("x" if p == 0 else f"x{p + 1}")
+    json.dumps(fig)  # JSON-ready for the browser
+
+
+def test_thumbnail_is_the_seen_image(store: ExplorerStore) -> None:
+    from PIL import Image
+
+    url = cb.thumbnail(store, "subj02", 3)
+    assert url.startswith("data:image/png;base64,")
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+    np.testing.assert_array_equal(img, store.seen("subj02", 3))
+
+
+# ------------------------------------------------------------------------------------ metrics
+def test_metrics_tables_have_the_paper_shape(store: ExplorerStore, reader: Any) -> None:
+    t1, t5 = cb.metrics_tables(store, "subj01")
+    methods = t1["Method"].tolist()
+    assert methods[0].startswith("MindEye (subj01, strength 0.15)") and methods[1].startswith("Ridge (subj01")
+    assert "MindEye" in methods and "MindEye (Subj 1)" in methods  # the paper's NSD rows for scale
+    assert list(t1.columns[1:11]) == ["PixCorr ↑", "SSIM ↑", "Alex(2) ↑", "Alex(5) ↑", "Incep ↑", "CLIP ↑",
+                                      "Eff ↓", "SwAV ↓", "Image ↑", "Brain ↑"]
+    pix = reader.subject("subj01").metrics["mindeye"]["strengths"]["0.15"]["pixcorr"]
+    assert t1.iloc[0]["PixCorr ↑"] == f"{pix:.3f}".replace("0.", ".", 1)
+    assert t1.iloc[0]["Image ↑"] == "75.0%" and t1.iloc[1]["Brain ↑"] == "12.5%"
+    assert t1.iloc[methods.index("MindEye")]["Image ↑"] == "93.6%"
+    ours = [m for m in t5["Img2Img strength"] if m.startswith("MindEye subj01")]
+    assert ours == [f"MindEye subj01 {s:g}" for s in (1.0, 0.7, 0.5, 0.3, 0.15, 0.0)]
+    assert "0.15 (MindEye default)" in t5["Img2Img strength"].tolist()
+
+
+def test_metrics_chart_marks_the_strength(store: ExplorerStore, reader: Any) -> None:
+    fig = cb.metrics_chart(store, "subj01", 0.3)
+    assert len(fig["layout"]["shapes"]) == 8 and all(s["x0"] == s["x1"] == 0.3 for s in fig["layout"]["shapes"])
+    ours = fig["data"][0]
+    per = reader.subject("subj01").metrics["mindeye"]["strengths"]
+    assert ours["x"] == [0.0, 0.15, 0.3, 0.5, 0.7, 1.0]
+    assert ours["y"] == [per[f"{s:g}"]["pixcorr"] for s in ours["x"]]
+    assert cb.strength_view(store, "subj01", 0, 0.5).chart["layout"]["meta"]["strength"] == 0.5
+
+
+# ------------------------------------------------------------------------------------ browse, links
+def test_gallery_pages_and_clicks(store: ExplorerStore) -> None:
+    page = cb.gallery_page(store, "subj02", 2, page_size=5)
+    assert page.page == 2 and page.n_pages == 3 and [c for _, c in page.items] == ["trial 10", "trial 11"]
+    np.testing.assert_array_equal(page.items[1][0], store.seen("subj02", 11))
+    assert cb.gallery_page(store, "subj02", 99, page_size=5).page == 2  # clamped
+    assert cb.gallery_page(store, "subj02", -3, page_size=5).page == 0
+    assert len(cb.gallery_page(store, "subj02", 0).items) == N
+    assert cb.trial_from_gallery(store, "subj02", 1, 3, page_size=5) == 8
+    assert "out of range" in _error(cb.trial_from_gallery, store, "subj02", 2, 4, 5)
+
+
+def test_random_trial_is_in_range_and_seedable(store: ExplorerStore) -> None:
+    draws = [cb.random_trial(store, "subj01", random.Random(7)) for _ in range(3)]
+    assert len(set(draws)) == 1 and 0 <= draws[0] < N
+    assert len({cb.random_trial(store, "subj01", random.Random(s)) for s in range(40)}) > 5
+
+
+def test_links_restore_the_view(store: ExplorerStore) -> None:
+    q = cb.link_query("subj02", 7.0, 0.3, "umap")
+    assert q == "?subject=subj02&trial=7&strength=0.3&tab=umap"
+    from urllib.parse import parse_qsl
+
+    state = cb.restore_from_query(store, dict(parse_qsl(q[1:])))
+    assert (state.subject, state.trial, state.strength, state.tab, state.warnings) == ("subj02", 7, 0.3, "umap", [])
+    default = cb.restore_from_query(store, {})
+    assert (default.subject, default.trial, default.strength, default.tab) == ("subj01", 0, 0.15, "trial")
+    bad = cb.restore_from_query(store, {"subject": "subj09", "trial": "500", "strength": "2", "tab": "nope"})
+    assert (bad.subject, bad.trial, bad.strength, bad.tab) == ("subj01", 0, 0.15, "trial")
+    assert len(bad.warnings) == 4 and "subj09" in bad.warnings[0] and "trial='500'" in bad.warnings[1]
+    assert "strength='2'" in bad.warnings[2] and "'nope'" in bad.warnings[3]
+
+
+# ------------------------------------------------------------------------------------ blocks and CLI
+def test_build_demo_wires_the_page(store: ExplorerStore) -> None:
+    demo = build_demo(store)
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    for needed in ("subject", "trial", "strength", "seen", "blurry", "final", "compare", "candidates",
+                   "ridge-final", "gallery", "image-retrieval", "brain-retrieval", "umap", "table1", "table5",
+                   "chart", "copy-link", "link"):
+        assert needed in ids, needed
+    fns = {d.api_name: d for d in demo.fns.values() if d.api_name}
+    assert {"load", "subject", "trial", "random", "strength", "link"} <= set(fns)
+    assert fns["strength"].concurrency_limit == 1 and fns["strength"].concurrency_id == "generate"
+    assert demo._queue.max_size == 64  # noqa: SLF001 (the queue cap is Gradio-internal state)
+    kw = launch_kwargs()
+    assert kw["allowed_paths"][0].endswith("plotly/package_data/plotly.min.js")
+    umap = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "umap")
+    assert "gradio_api/file=" in umap.head and "plotly.min.js" in umap.head and "cdn" not in umap.head.lower()
+
+
+def test_cli_registers_app_without_importing_it() -> None:
+    code = ("import sys, mindeye_core, mindeye_core.cli as c, mindeye_core.app_cli; "
+            "assert 'mindeye_core.app_cli' in c.COMMAND_MODULES, c.COMMAND_MODULES; "
+            "p = c.build_parser(); a = p.parse_args(['app', '--results', 'x', '--port', '1234', '--no-live']); "
+            "assert (a.results, a.port, a.no_live, a.host) == ('x', 1234, True, '127.0.0.1'); "
+            "assert 'app' not in sys.modules and 'gradio' not in sys.modules, 'imported the app'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1] / "tests",
+                   timeout=120)
+
+
+# ------------------------------------------------------------------------------------ gradio_client
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(store: ExplorerStore) -> Any:
+    demo = build_demo(store)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
+                            **launch_kwargs())
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+def test_gradio_client_session(served: str, reader: Any) -> None:
+    from gradio_client import Client
+
+    client = Client(served, verbose=False, download_files=False)
+    out = client.predict("subj02", 5, 0.15, api_name="/trial")
+    trial, header = out[0], out[1]
+    assert trial == 5 and "subj02 · trial 5" in header
+    moved = client.predict("subj02", 5, 0.3, api_name="/strength")
+    assert moved[0] == 0.3 and "precomputed" in moved[2]
+    live = client.predict("subj02", 5, 0.55, api_name="/strength")
+    assert live[0] == 0.55 and "generated live" in live[2]
+    # the tab is per-session state (gr.State): a fresh API session is on the first tab
+    assert client.predict("subj01", 3, 0.5, api_name="/link") == "?subject=subj01&trial=3&strength=0.5&tab=trial"
+    with pytest.raises(Exception, match="out of range"):
+        client.predict("subj02", 40, 0.15, api_name="/trial")

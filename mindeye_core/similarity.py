@@ -141,17 +141,18 @@ def top_k_of_similarity(similarity: Any, k: int) -> tuple[np.ndarray, np.ndarray
     n = sim.shape[1]
     k = _check_k(k, n)
     if k < n:
-        # k-th largest score per row; keep everything above it plus the lowest-index ties at it
-        kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1 : k]
-        above = sim > kth
-        at = sim == kth
-        need = k - above.sum(axis=1, keepdims=True)
-        keep = above | (at & (np.cumsum(at, axis=1) <= need))
-        cols = np.nonzero(keep)[1].reshape(sim.shape[0], k)  # ascending column index within each row
+        cols = np.argpartition(sim, n - k, axis=1)[:, n - k :]  # the k best, ties at the cut chosen arbitrarily
+        kth = np.take_along_axis(sim, cols, axis=1).min(axis=1, keepdims=True)
+        tied = np.flatnonzero((sim >= kth).sum(axis=1) > k)  # rows where candidates beyond the cut tie the k-th
+        if tied.size:  # keep everything above the k-th score plus the lowest-index ties at it
+            sub, sub_kth = sim[tied], kth[tied]
+            at = sub == sub_kth
+            keep = (sub > sub_kth) | (at & (np.cumsum(at, axis=1) <= k - (sub > sub_kth).sum(axis=1, keepdims=True)))
+            cols[tied] = np.nonzero(keep)[1].reshape(tied.size, k)
     else:
         cols = np.broadcast_to(np.arange(n), sim.shape)
     vals = np.take_along_axis(sim, cols, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")  # stable: equal scores stay in index order
+    order = np.lexsort((cols, -vals), axis=1)  # best first; equal scores by lower index
     idx = np.take_along_axis(cols, order, axis=1).astype(np.int64)
     return idx, np.take_along_axis(vals, order, axis=1).astype(np.float32)
 
@@ -244,18 +245,26 @@ def check_pair(brain: Any, image: Any, *, names: tuple[str, str] = ("brain embed
 
 
 def full_set_ranks(brain: Any, image: Any, *, chunk_size: int = 1024, dtype: Any = np.float32,
-                   names: tuple[str, str] = ("brain embeddings", "image embeddings")) -> dict[str, np.ndarray]:
+                   names: tuple[str, str] = ("brain embeddings", "image embeddings"),
+                   max_matrix_bytes: int = 1 << 28) -> dict[str, np.ndarray]:
     """Ranks of the correct candidate among all ``N`` pairs, both directions (paper Figure 3).
 
     Args:
         brain: ``(N, ...)`` brain embeddings; sample ``i`` saw image ``i``.
         image: ``(N, ...)`` image embeddings in the same space.
-        chunk_size: queries per step (memory ``chunk_size x N``; the ``N x N`` matrix never materialises).
+        chunk_size: queries per step (memory ``chunk_size x N``).
+        max_matrix_bytes: when the ``N x N`` matrix fits in this many bytes (256 MiB: ``N <= 8192`` in
+            float32) it is computed once and both directions are ranked from it (half the matrix products);
+            otherwise each direction is computed in query chunks and the matrix never materialises.
 
     Returns:
         ``{"brain_to_image": (N,) int64, "image_to_brain": (N,) int64}`` strict ranks (0 = top-1).
     """
     b, v = check_pair(brain, image, names=names, dtype=dtype)
+    n = b.shape[0]
+    if n * n * np.dtype(dtype).itemsize <= max_matrix_bytes:  # one matrix serves both directions
+        sim = cosine_matrix(b, v, chunk_size=chunk_size, assume_normalised=True, dtype=dtype)
+        return {"brain_to_image": ranks(sim, chunk_size=chunk_size), "image_to_brain": ranks(sim.T, chunk_size=chunk_size)}
     return {
         "brain_to_image": ranks(b, v, chunk_size=chunk_size, assume_normalised=True, dtype=dtype),
         "image_to_brain": ranks(v, b, chunk_size=chunk_size, assume_normalised=True, dtype=dtype),

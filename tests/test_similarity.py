@@ -143,6 +143,9 @@ def test_full_set_ranks_and_pair_errors() -> None:
     np.testing.assert_array_equal(out["brain_to_image"], brute_ranks(sims))
     np.testing.assert_array_equal(out["image_to_brain"], brute_ranks(sims.T))
     assert out["brain_to_image"].dtype == np.int64
+    chunked = S.full_set_ranks(brain, img, chunk_size=3, max_matrix_bytes=0)  # never builds the N x N matrix
+    for d in S.DIRECTIONS:
+        np.testing.assert_array_equal(chunked[d], out[d])
     with pytest.raises(DataFormatError, match="got 19 brain embeddings but 20 image embeddings"):
         S.full_set_ranks(img[:19], img)
     with pytest.raises(DataFormatError, match="embedding sizes differ: brain embeddings 8, image embeddings 3"):

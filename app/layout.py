@@ -110,7 +110,7 @@ def _controls(p: _Page, store: ExplorerStore) -> None:
     with gr.Row(equal_height=True):
         p["subject"] = gr.Dropdown(store.subjects, value=first, label="Subject", scale=1, elem_id="subject")
         p["trial"] = gr.Number(value=0, precision=0, minimum=0, label="Test trial", scale=1, elem_id="trial")
-        p["random"] = gr.Button("Random trial", scale=0, elem_id="random")
+        p["random"] = gr.Button("Random trial", scale=0, size="md", min_width=120, elem_id="random")
         p["strength"] = gr.Slider(0.0, 1.0, value=store.default_strength, step=0.01 if store.live else 0.05,
                                   label="img2img strength (0 = pure high-level, 1 = only the blurry image)",
                                   info=("generates live off the grid" if store.live
@@ -118,7 +118,7 @@ def _controls(p: _Page, store: ExplorerStore) -> None:
                                   scale=3, elem_id="strength")
     with gr.Row(equal_height=True):
         p["trial_max"] = gr.Markdown(elem_id="trial-range")
-        p["copy"] = gr.Button("Copy link", scale=0, elem_id="copy-link")
+        p["copy"] = gr.Button("Copy link", scale=0, size="md", min_width=120, elem_id="copy-link")
         p["link"] = gr.Textbox(label="Link to this view", interactive=False, scale=3, elem_id="link",
                                buttons=["copy"])
 
@@ -174,7 +174,8 @@ def _umap_tab(p: _Page, store: ExplorerStore) -> None:
                 "(precomputed, as the paper's Figure 9). The red star is the current trial; hover a point to "
                 "see its image, click it to open that trial.")
 
-    def thumbnail(subject: str, trial: int) -> str:
+    def thumbnail(query: list[Any]) -> str:  # JS: server.thumbnail([subject, trial]) arrives as one list
+        subject, trial = query
         return cb.thumbnail(store, subject, trial)
 
     p["umap"] = gr.HTML(

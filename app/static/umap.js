@@ -23,7 +23,7 @@
       const key = meta.subject + '/' + p.customdata;
       hoverText().textContent = meta.subject + ' · trial ' + p.customdata;
       if (cache[key]) { hoverImg().src = cache[key]; return; }
-      server.thumbnail(meta.subject, Number(p.customdata)).then(function (url) {
+      server.thumbnail([meta.subject, Number(p.customdata)]).then(function (url) {
         cache[key] = url;
         hoverImg().src = url;
       });

@@ -1,0 +1,181 @@
+"""The explorer in a real browser: Debian's chromium driven by Playwright (never a browser download).
+
+One app (a tiny test bundle, live generation on) is served on 127.0.0.1 for the whole module; each test
+drives a fresh page. Skipped, with the reason, when playwright or /usr/bin/chromium is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gradio")
+
+from app.screenshots import browser_problem, launch_browser  # noqa: E402
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(browser_problem() is not None, reason=str(browser_problem()))]
+
+from test_app import save_test_brains, write_test_bundle  # noqa: E402
+
+TIMEOUT = 30_000  # ms: upper bound of a wait for content (expect polls; nothing here depends on timing)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_test_bundle(tmp_path_factory.mktemp("e2e_bundle") / "results")
+
+
+@pytest.fixture(scope="module")
+def app_url(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from app.layout import build_demo, launch_kwargs
+    from app.store import ExplorerStore
+
+    store = ExplorerStore.open(bundle, brain_root=save_test_brains(tmp_path_factory.mktemp("e2e_brains")))
+    assert store.live, store.live_problem
+    demo = build_demo(store)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                            **launch_kwargs())
+    try:
+        yield url.rstrip("/")
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = launch_browser(pw)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture()
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield pg
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _png(page: Any, selector: str) -> np.ndarray:
+    """Pixels of the image element at ``selector`` (fetched from the app, decoded)."""
+    from PIL import Image
+
+    src = page.locator(selector).first.get_attribute("src")
+    body = base64.b64decode(src.split(",", 1)[1]) if src.startswith("data:") else page.request.get(src).body()
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+
+
+def _wait_header(page: Any, text: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#trial-header")).to_contain_text(text, timeout=TIMEOUT)
+
+
+def test_browse_subject_trial_slider_and_umap(page: Any, app_url: str, bundle: Path) -> None:
+    from playwright.sync_api import expect
+
+    from mindeye_core.results import open_results
+
+    reader = open_results(bundle)
+    page.goto(app_url + "/")
+    _wait_header(page, "subj01 · trial 0")
+
+    # pick a subject
+    page.locator("#subject input").click()
+    page.get_by_role("option", name="subj02").click()
+    _wait_header(page, "subj02 · trial 0")
+
+    # pick a trial: the seen, blurry and final images are the bundle's pixels
+    page.locator("#trial input").fill("5")
+    page.locator("#trial input").press("Enter")
+    _wait_header(page, "subj02 · trial 5")
+    s = reader.subject("subj02")
+    expect(page.locator("#seen img")).to_have_count(1, timeout=TIMEOUT)
+    np.testing.assert_array_equal(_png(page, "#seen img"), s.ground_truth(5))
+    np.testing.assert_array_equal(_png(page, "#blurry img"), s.blurry(5))
+    np.testing.assert_array_equal(_png(page, "#final img"), s.finals(0.15, 5))
+    expect(page.locator("#candidates")).to_contain_text("✓ picked", timeout=TIMEOUT)
+    expect(page.locator("#ridge-final img")).to_have_count(1, timeout=TIMEOUT)
+
+    # move the slider (its number box, released by leaving it): on the grid -> precomputed
+    box = page.locator("#strength input[type=number]")
+    box.fill("0.3")
+    box.press("Tab")
+    expect(page.locator("#strength-note")).to_contain_text("Strength 0.3: precomputed", timeout=TIMEOUT)
+    np.testing.assert_array_equal(_png(page, "#final img"), s.finals(0.3, 5))
+    # off the grid -> generated live with the trial's seed
+    box.fill("0.42")
+    box.press("Tab")
+    expect(page.locator("#strength-note")).to_contain_text("Strength 0.42: generated live", timeout=TIMEOUT)
+    expect(page.locator("#strength-note")).to_contain_text(f"seed {int(s.seeds()[5])}")
+
+    # retrieval tab: both directions, named
+    page.get_by_role("tab", name="Retrieval").click()
+    expect(page.locator("#retrieval-summary")).to_contain_text("brain → image", timeout=TIMEOUT)
+    expect(page.locator("#image-retrieval")).to_contain_text("cos ", timeout=TIMEOUT)
+    expect(page.locator("#brain-retrieval")).to_contain_text("cos ", timeout=TIMEOUT)
+
+    # UMAP: four panels of 12 points + the current trial starred; clicking point 7 opens trial 7
+    page.get_by_role("tab", name="UMAP").click()
+    expect(page.locator("#umap .point")).to_have_count(4 * 12 + 4, timeout=TIMEOUT)
+    expect(page.locator("#umap [data-trial='5']")).to_have_count(1)
+    page.locator("#umap .scatterlayer .trace").first.locator(".point").nth(2).hover(force=True)
+    expect(page.locator("#umap .umap-hover span")).to_have_text("subj02 · trial 2", timeout=TIMEOUT)
+    expect(page.locator("#umap .umap-hover img")).to_have_attribute("src", re.compile("^data:image/png;base64,"),
+                                                                   timeout=TIMEOUT)
+    np.testing.assert_array_equal(_png(page, "#umap .umap-hover img"), s.ground_truth(2))
+    page.locator("#umap .scatterlayer .trace").first.locator(".point").nth(7).click(force=True)
+    _wait_header(page, "subj02 · trial 7")
+    expect(page.locator("#umap [data-trial='7']")).to_have_count(1, timeout=TIMEOUT)
+    expect(page.locator("#trial input")).to_have_value("7")
+
+    # copy link gives the current view
+    page.locator("#copy-link").click()
+    expect(page.locator("#link input, #link textarea").first).to_have_value(
+        f"{app_url}/?subject=subj02&trial=7&strength=0.42&tab=umap", timeout=TIMEOUT)
+
+
+def test_deep_link_restores_the_view(page: Any, app_url: str, bundle: Path) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(app_url + "/?subject=subj02&trial=3&strength=0.7&tab=metrics")
+    _wait_header(page, "subj02 · trial 3")
+    expect(page.get_by_role("tab", name="Metrics")).to_have_attribute("aria-selected", "true", timeout=TIMEOUT)
+    expect(page.locator("#strength input[type=number]")).to_have_value("0.7")
+    expect(page.locator("#table1")).to_contain_text("MindEye (subj02, strength 0.15)", timeout=TIMEOUT)
+    expect(page.locator("#table1")).to_contain_text("paper Table 1")
+    expect(page.locator("#table5")).to_contain_text("MindEye subj02 0.7")
+    expect(page.locator("#chart .main-svg").first).to_be_visible(timeout=TIMEOUT)
+    expect(page.locator("#chart .shapelayer path")).to_have_count(8, timeout=TIMEOUT)  # the strength marker
+    page.get_by_role("tab", name="Trial").click()
+    from mindeye_core.results import open_results
+
+    np.testing.assert_array_equal(_png(page, "#final img"), open_results(bundle).subject("subj02").finals(0.7, 3))
+
+
+def test_bad_deep_link_warns_and_falls_back(page: Any, app_url: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(app_url + "/?subject=subj99&trial=2")
+    _wait_header(page, "subj01 · trial 2")
+    expect(page.get_by_text("link names subject 'subj99'").first).to_be_visible(timeout=TIMEOUT)

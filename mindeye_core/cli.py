@@ -18,6 +18,7 @@ COMMAND_MODULES: list[str] = [
     "mindeye_core.data.demo_cli",
     "mindeye_core.data.nsd",
     "mindeye_core.metrics.cli",
+    "mindeye_core.official.convert",
     "mindeye_core.app_cli",
 ]
 

@@ -159,7 +159,7 @@ def test_config_mismatch_on_load(tmp_path) -> None:
     folder = create_model("test-brain").save_pretrained(tmp_path / "brain")
     with pytest.raises(ConfigMismatchError, match="n_voxels: saved 50, expected 15724"):
         BrainMLP.from_pretrained(folder, expected_config={"n_voxels": 15724})
-    with pytest.raises(ConfigMismatchError, match="'BrainMLP' checkpoint, cannot load it as 'LowLevelModel'"):
+    with pytest.raises(ConfigMismatchError, match="holds a 'BrainMLP' config file, not a 'LowLevelModel' one"):
         LowLevelModel.from_pretrained(folder)
 
 

@@ -26,7 +26,6 @@ the backbone tokens.
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -195,6 +194,9 @@ class MindEyeHighLevel(ConfigModule):
         use_prior: build the diffusion prior.
         prior_depth, prior_heads, prior_dim_head, prior_timesteps, cond_drop_prob, image_drop_prob:
             passed to :class:`~mindeye_core.models.prior.DiffusionPrior` (``dim``/``num_tokens`` shared).
+        prior_options: further :class:`~mindeye_core.models.prior.DiffusionPrior` keyword arguments
+            (e.g. :data:`~mindeye_core.models.prior.OFFICIAL_257X768_STRUCTURE` for converted official
+            checkpoints); may not repeat the arguments above.
     """
 
     def __init__(
@@ -215,9 +217,16 @@ class MindEyeHighLevel(ConfigModule):
         prior_timesteps: int = 100,
         cond_drop_prob: float = 0.2,
         image_drop_prob: float = 0.2,
+        prior_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         from .prior import DiffusionPrior
+
+        options = dict(prior_options or {})
+        shared = sorted(set(options) & {"dim", "num_tokens", "depth", "heads", "dim_head", "timesteps",
+                                          "cond_drop_prob", "image_drop_prob"})
+        if shared:
+            raise ValueError(f"MindEyeHighLevel: prior_options may not set {shared} (use the prior_* arguments)")
 
         self.brain = BrainMLP(
             n_voxels=n_voxels,
@@ -241,6 +250,7 @@ class MindEyeHighLevel(ConfigModule):
                 timesteps=prior_timesteps,
                 cond_drop_prob=cond_drop_prob,
                 image_drop_prob=image_drop_prob,
+                **options,
             )
 
     @property
@@ -274,82 +284,97 @@ class MindEyeHighLevel(ConfigModule):
         return self.prior.sample(backbone, generator=generator, cond_scale=cond_scale)
 
 
-_OFFICIAL_PREFIXES = ("module.", "voxel2clip.", "_orig_mod.")
+_OFFICIAL_BRAIN_RENAMES = (("lin0.", "backbone.lin0."), ("mlp.", "backbone.blocks."), ("lin1.", "lin1."),
+                           ("projector.", "projector."))
+
+
+def official_brain_key(key: str) -> str | None:
+    """Our :class:`BrainMLP` key for an official ``BrainNetwork`` key (already without ``voxel2clip.``),
+    or ``None`` when it is not a BrainNetwork tensor.
+
+    Mapping: ``lin0.*`` -> ``backbone.lin0.*``, ``mlp.k.*`` -> ``backbone.blocks.k.*``, ``lin1.*`` and
+    ``projector.*`` unchanged (same layer indices: Linear 0, LayerNorm 1 inside each block; projector
+    layers 0..8).
+    """
+    for theirs, ours in _OFFICIAL_BRAIN_RENAMES:
+        if key.startswith(theirs):
+            return ours + key[len(theirs):]
+    return None
 
 
 def official_brain_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an official MindEye ``BrainNetwork`` state dict to :class:`BrainMLP` keys.
+    """Rename the ``BrainNetwork`` tensors of an official MindEye state dict to :class:`BrainMLP` keys.
 
     Accepts the released training checkpoints' ``model_state_dict`` (keys ``voxel2clip.lin0.0.weight``,
-    ``voxel2clip.mlp.3.1.bias``, ``voxel2clip.projector.8.weight``, prior keys ``net.*`` which are
-    dropped) or a bare ``BrainNetwork`` state dict. Mapping: ``lin0.*`` -> ``backbone.lin0.*``,
-    ``mlp.k.*`` -> ``backbone.blocks.k.*``, ``lin1.*`` and ``projector.*`` unchanged (same layer
-    indices: Linear 0, LayerNorm 1 inside each block; projector layers 0..8).
+    ``voxel2clip.mlp.3.1.bias``, ``voxel2clip.projector.8.weight``; prior keys ``net.*`` are left out)
+    or a bare ``BrainNetwork`` state dict; ``module.`` / ``_orig_mod.`` prefixes are stripped.
+    See :func:`official_brain_key` for the mapping. (The strict whole-checkpoint conversion, which
+    accounts for every tensor, is :mod:`mindeye_core.official`.)
     """
+    from ..official.checkpoint import strip_wrapper_prefixes
+
     out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        k = key
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in _OFFICIAL_PREFIXES:
-                if k.startswith(prefix):
-                    k, stripped = k[len(prefix) :], True
-        if k.startswith("lin0."):
-            out["backbone." + k] = value
-        elif k.startswith("mlp."):
-            out[re.sub(r"^mlp\.", "backbone.blocks.", k)] = value
-        elif k.startswith(("lin1.", "projector.")):
-            out[k] = value
+    for key, value in strip_wrapper_prefixes(state).items():
+        ours = official_brain_key(key[len("voxel2clip."):] if key.startswith("voxel2clip.") else key)
+        if ours is not None:
+            out[ours] = value
     return out
 
 
-def load_official_brain_checkpoint(path: str | Path, **config: Any) -> BrainMLP:
-    """Build a :class:`BrainMLP` from an official MindEye checkpoint file (``.pth``/``.pt``).
+def official_brain_config(state: Mapping[str, torch.Tensor], *, dim: int = 768, where: str = "checkpoint") -> dict[str, Any]:
+    """:class:`BrainMLP` config inferred from renamed tensors (:func:`official_brain_state_dict`).
 
-    The file is read with ``torch.load(..., weights_only=True)`` (no pickled code runs). The config is
-    inferred from the tensor shapes (``n_voxels``, ``hidden``, ``n_blocks``, ``n_tokens x dim``,
-    ``proj_hidden``); ``config`` may pin values (e.g. ``dim=768``, needed to split ``lin1``'s output into
-    tokens; default 768), and any disagreement raises :class:`~mindeye_core.errors.ConfigMismatchError`.
+    ``n_voxels``/``hidden`` from ``lin0``, ``n_blocks`` from the block indices, ``n_tokens = out / dim``
+    from ``lin1`` (``dim`` splits ``lin1``'s output into tokens; the checkpoint cannot tell it), and
+    ``use_projector`` / ``proj_hidden`` from the projector.
 
     Raises:
-        CheckpointError: unreadable file or no BrainNetwork tensors in it.
+        CheckpointError: no BrainNetwork tensors. ConfigMismatchError: ``lin1`` not a multiple of ``dim``.
     """
     from ..errors import ConfigMismatchError
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"official checkpoint not found: {path}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: {exc}") from exc
-    if isinstance(raw, Mapping) and "model_state_dict" in raw:
-        raw = raw["model_state_dict"]
-    if not isinstance(raw, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict, got {type(raw).__name__}")
-    state = official_brain_state_dict(raw)
     needed = ("backbone.lin0.0.weight", "lin1.weight")
     missing = [k for k in needed if k not in state]
     if missing:
-        raise CheckpointError(f"{path}: no MindEye BrainNetwork tensors found (missing {missing})")
+        raise CheckpointError(f"{where}: no MindEye BrainNetwork tensors found (missing {missing})")
     hidden, n_voxels = state["backbone.lin0.0.weight"].shape
     n_blocks = len({int(m.group(1)) for k in state if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))})
-    dim = int(config.get("dim", 768))
     out_features = state["lin1.weight"].shape[0]
     if out_features % dim:
-        raise ConfigMismatchError(f"{path}: lin1 has {out_features} outputs, not a multiple of dim={dim}")
-    use_projector = "projector.2.weight" in state
-    inferred: dict[str, Any] = {
+        raise ConfigMismatchError(f"{where}: lin1 has {out_features} outputs, not a multiple of dim={dim}")
+    config: dict[str, Any] = {
         "n_voxels": int(n_voxels),
         "hidden": int(hidden),
         "n_blocks": n_blocks,
         "n_tokens": out_features // dim,
         "dim": dim,
-        "use_projector": use_projector,
+        "use_projector": "projector.2.weight" in state,
     }
-    if use_projector:
-        inferred["proj_hidden"] = int(state["projector.2.weight"].shape[0])
+    if config["use_projector"]:
+        config["proj_hidden"] = int(state["projector.2.weight"].shape[0])
+    return config
+
+
+def load_official_brain_checkpoint(path: str | Path, **config: Any) -> BrainMLP:
+    """Build a :class:`BrainMLP` from an official MindEye checkpoint file (``.pth``/``.pt``).
+
+    The file is read by :func:`mindeye_core.official.checkpoint.load_official_state_dict`
+    (``torch.load(..., weights_only=True)``: no pickled code runs; the released files' pickled
+    LR-scheduler state is replaced by inert stand-ins). The config is inferred from the tensor shapes
+    (:func:`official_brain_config`); ``config`` may pin values (e.g. ``dim=768``, needed to split
+    ``lin1``'s output into tokens; default 768), and any disagreement raises
+    :class:`~mindeye_core.errors.ConfigMismatchError`. Prior tensors are ignored; to convert the whole
+    checkpoint (every tensor accounted for) use ``mindeye convert-official``.
+
+    Raises:
+        CheckpointError: unreadable file or no BrainNetwork tensors in it.
+    """
+    from ..errors import ConfigMismatchError
+    from ..official.checkpoint import load_official_state_dict
+
+    path = Path(path)
+    state = official_brain_state_dict(load_official_state_dict(path))
+    inferred = official_brain_config(state, dim=int(config.get("dim", 768)), where=str(path))
     clash = {k: (inferred[k], v) for k, v in config.items() if k in inferred and inferred[k] != v}
     if clash:
         detail = ", ".join(f"{k}: checkpoint has {a!r}, expected {b!r}" for k, (a, b) in clash.items())

@@ -117,8 +117,11 @@ def status_markdown(store: ExplorerStore) -> str:
         return f"### Nothing to show yet\n\n{store.problem}"
     prov = store.provenance
     gen = prov.get("generator", {}) if isinstance(prov, Mapping) else {}
-    live = ("moving the slider generates live (tiny generator, the trial's seed)" if store.live
-            else f"the slider snaps to the bundle's strength grid ({store.live_problem})")
+    if store.live or store.live_loading:
+        live = "moving the slider generates live (tiny generator, the trial's seed)" + (
+            "; its models are loading" if store.live_loading else "")
+    else:
+        live = f"the slider snaps to the bundle's strength grid ({store.live_problem})"
     grid = ", ".join(f"{s:g}" for s in store.strengths)
     name = gen.get("name", "") if isinstance(gen, Mapping) else ""
     return (f"**{store.world}** world · {len(store.subjects)} subjects ({', '.join(store.subjects)}) · "
@@ -171,8 +174,9 @@ def strength_view(store: ExplorerStore, subject: str, trial: Any, strength: Any)
     else:
         snapped = store.nearest_on_grid(s)
         final = store.final(subject, i, snapped)
+        why = "live generation is still loading, try again in a few seconds" if store.live_loading else store.live_problem
         note = (f"Strength {s:g} snapped to {snapped:g}, the nearest on the bundle's grid "
-                f"({', '.join(f'{g:g}' for g in store.strengths)}): {store.live_problem}.")
+                f"({', '.join(f'{g:g}' for g in store.strengths)}): {why}.")
         s = snapped
     return StrengthView(strength=s, final=final, note=note, compare=(seen, final),
                         chart=metrics_chart(store, subject, s), live=live)

@@ -111,9 +111,10 @@ def _controls(p: _Page, store: ExplorerStore) -> None:
         p["subject"] = gr.Dropdown(store.subjects, value=first, label="Subject", scale=1, elem_id="subject")
         p["trial"] = gr.Number(value=0, precision=0, minimum=0, label="Test trial", scale=1, elem_id="trial")
         p["random"] = gr.Button("Random trial", scale=0, size="md", min_width=120, elem_id="random")
-        p["strength"] = gr.Slider(0.0, 1.0, value=store.default_strength, step=0.01 if store.live else 0.05,
+        live = store.live or store.live_loading
+        p["strength"] = gr.Slider(0.0, 1.0, value=store.default_strength, step=0.01 if live else 0.05,
                                   label="img2img strength (0 = pure high-level, 1 = only the blurry image)",
-                                  info=("generates live off the grid" if store.live
+                                  info=("generates live off the grid" if live
                                         else "snaps to the bundle's grid " + ", ".join(f"{s:g}" for s in store.strengths)),
                                   scale=3, elem_id="strength")
     with gr.Row(equal_height=True):

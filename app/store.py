@@ -301,13 +301,14 @@ class ExplorerStore:
     live_problem: str | None = None
     _subjects: dict[str, SubjectCache] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _loading: threading.Thread | None = None
 
     # ---------------------------------------------------------------- construction
     @classmethod
     def open(cls, source: str | Path | None = None, *, revision: str | None = None, live: bool | None = None,
              brain_root: str | Path | None = None,
              live_loader: Callable[[ExplorerStore], Mapping[str, Any]] | None = None,
-             opener: Callable[..., BundleReader] | None = None) -> ExplorerStore:
+             opener: Callable[..., BundleReader] | None = None, background: bool = False) -> ExplorerStore:
         """Open a bundle and, on the demo world (``live`` not ``False``), the live reconstructors.
 
         Never raises for a missing or unreadable bundle or model: the reason lands in :attr:`problem` /
@@ -321,6 +322,8 @@ class ExplorerStore:
             live_loader: ``live_loader(store) -> {subject: Reconstructor}`` replacing the default
                 (:func:`load_demo_reconstructors` with the bundle's generation settings).
             opener: ``opener(source, revision=...)`` replacing ``mindeye_core.results.results_from_hub``.
+            background: load the live models in a background thread (the app serves the precomputed
+                views meanwhile; :attr:`live_loading` is true until they are in); see :meth:`wait_live`.
         """
         src = str(source) if source is not None else default_results_source()
         try:
@@ -340,13 +343,32 @@ class ExplorerStore:
                                   else "live generation was turned off (--no-live)")
             return store
         loader = live_loader or (lambda st: st._default_reconstructors(brain_root))
-        try:
-            store.reconstructors = dict(loader(store))
-        except FileNotFoundError as exc:
-            store.live_problem = f"{exc} (`mindeye build-demo` trains and writes them)"
-        except (MindEyeError, OSError, ValueError, RuntimeError) as exc:
-            store.live_problem = f"the live generator failed to load: {exc}"
+        if background:
+            store._loading = threading.Thread(target=store._load_live, args=(loader,), name="mindeye-live-models",
+                                              daemon=True)
+            store._loading.start()
+        else:
+            store._load_live(loader)
         return store
+
+    def _load_live(self, loader: Callable[[ExplorerStore], Mapping[str, Any]]) -> None:
+        try:
+            self.reconstructors = dict(loader(self))
+        except FileNotFoundError as exc:
+            self.live_problem = f"{exc} (`mindeye build-demo` trains and writes them)"
+        except (MindEyeError, OSError, ValueError, RuntimeError) as exc:
+            self.live_problem = f"the live generator failed to load: {exc}"
+
+    @property
+    def live_loading(self) -> bool:
+        """``True`` while the live models load in the background."""
+        return self._loading is not None and self._loading.is_alive()
+
+    def wait_live(self, timeout: float | None = None) -> bool:
+        """Wait for a background load (if any) to finish; returns :attr:`live`."""
+        if self._loading is not None:
+            self._loading.join(timeout)
+        return self.live
 
     def _default_reconstructors(self, brain_root: str | Path | None) -> dict[str, Any]:
         gen = dict(self.provenance.get("generation", {}))

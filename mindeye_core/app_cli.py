@@ -45,7 +45,8 @@ def import_app() -> Any:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app = import_app()
-    store = app.ExplorerStore.open(args.results, revision=args.revision, live=False if args.no_live else None)
+    store = app.ExplorerStore.open(args.results, revision=args.revision, live=False if args.no_live else None,
+                                   background=True)
     if not store.ready:
         print(f"mindeye app: {store.problem}", file=sys.stderr)
     elif store.live_problem:

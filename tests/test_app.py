@@ -45,34 +45,37 @@ def _metrics(rng: np.random.Generator, strengths: list[float]) -> dict[str, Any]
             "unavailable": {}}
 
 
-def write_test_bundle(root: Path, *, subjects: tuple[str, ...] = SUBJECTS, seed: int = 0) -> Path:
-    """A format-2 bundle of ``subjects`` (N=12, K=3, tokens 65 x 128, random 64 x 64 images)."""
+def write_test_bundle(root: Path, *, subjects: tuple[str, ...] = SUBJECTS, n: int = N, k: int = K,
+                      steps: int = STEPS, seed: int = 0) -> Path:
+    """A format-2 bundle of ``subjects`` (``n`` samples, ``k`` candidates, tokens 65 x 128, random 64 x 64
+    images, the default strength grid, ridge, UMAP; live generation at ``steps``).
+    ``benchmarks/bench_app.py --synthetic`` uses it too."""
     rng = np.random.default_rng(seed)
     with ResultsWriter(root, world="demo", dataset="test-bundle") as w:
-        stim_index = np.arange(100, 100 + N)
-        w.add_stimuli(stim_index, rng.integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8))
+        stim_index = np.arange(100, 100 + n)
+        w.add_stimuli(stim_index, rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8))
         strengths = w.strengths
         default = strengths.index(w.default_strength)
         for s_i, name in enumerate(subjects):
-            clip = rng.standard_normal((N, T, D)).astype(np.float32)
-            cand = rng.integers(0, 256, (N, K, SIZE, SIZE, 3), dtype=np.uint8)
-            scores = rng.uniform(0.0, 1.0, (N, K)).astype(np.float32)
-            finals = rng.integers(0, 256, (len(strengths), N, SIZE, SIZE, 3), dtype=np.uint8)
-            finals[default] = cand[np.arange(N), scores.argmax(1)]
+            clip = rng.standard_normal((n, T, D)).astype(np.float32)
+            cand = rng.integers(0, 256, (n, k, SIZE, SIZE, 3), dtype=np.uint8)
+            scores = rng.uniform(0.0, 1.0, (n, k)).astype(np.float32)
+            finals = rng.integers(0, 256, (len(strengths), n, SIZE, SIZE, 3), dtype=np.uint8)
+            finals[default] = cand[np.arange(n), scores.argmax(1)]
             w.add_subject(
-                name, image_index=stim_index[rng.permutation(N)] if s_i else stim_index,
-                seeds=np.arange(N) + 1000 * s_i, finals=finals, candidates=cand, candidate_scores=scores,
-                prior_samples=(rng.standard_normal((N, K, T, D)) * 0.5).astype(np.float16),
-                brain_embeddings=clip + 1.5 * rng.standard_normal((N, T, D)).astype(np.float32),
+                name, image_index=stim_index[rng.permutation(n)] if s_i else stim_index,
+                seeds=np.arange(n) + 1000 * s_i, finals=finals, candidates=cand, candidate_scores=scores,
+                prior_samples=(rng.standard_normal((n, k, T, D)) * 0.5).astype(np.float16),
+                brain_embeddings=clip + 1.5 * rng.standard_normal((n, T, D)).astype(np.float32),
                 image_embeddings=clip,
-                blurry=rng.integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8),
-                umap=rng.standard_normal((4, N, 2)).astype(np.float32),
-                ridge=RidgeArrays(brain_embeddings=clip + 4 * rng.standard_normal((N, T, D)).astype(np.float32),
-                                  finals=rng.integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8),
-                                  blurry=rng.integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8)),
+                blurry=rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8),
+                umap=rng.standard_normal((4, n, 2)).astype(np.float32),
+                ridge=RidgeArrays(brain_embeddings=clip + 4 * rng.standard_normal((n, T, D)).astype(np.float32),
+                                  finals=rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8),
+                                  blurry=rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)),
                 metrics=_metrics(rng, strengths),
             )
-        w.finalize(provenance={"seed": seed, "generation": {"steps": STEPS, "guidance": 3.0, "n_candidates": K},
+        w.finalize(provenance={"seed": seed, "generation": {"steps": steps, "guidance": 3.0, "n_candidates": k},
                                "generator": {"name": "tiny-generator"}})
     return root
 
@@ -188,6 +191,27 @@ def test_live_off_without_brain_models(bundle_dir: Path, tmp_path: Path) -> None
     assert str(tmp_path / "no-brains" / "subj01" / "highlevel") in st.live_problem
     assert "mindeye build-demo" in st.live_problem
     assert f"snaps to the bundle's strength grid ({st.live_problem})" in cb.status_markdown(st)
+
+
+def test_live_models_load_in_the_background(bundle_dir: Path, store: ExplorerStore) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def slow_loader(st: ExplorerStore) -> dict[str, Any]:
+        release.wait(60)
+        return dict(store.reconstructors)
+
+    st = ExplorerStore.open(bundle_dir, live_loader=slow_loader, background=True)
+    try:
+        assert st.ready and st.live_loading and not st.live
+        assert "its models are loading" in cb.status_markdown(st)
+        v = cb.strength_view(st, "subj01", 1, 0.42)
+        assert v.strength == 0.5 and not v.live and "still loading" in v.note
+    finally:
+        release.set()
+    assert st.wait_live(60) and not st.live_loading
+    assert cb.strength_view(st, "subj01", 1, 0.42).live
 
 
 # ------------------------------------------------------------------------------------ validation

@@ -1,0 +1,268 @@
+"""Latency, start-up and memory of the explorer app, end to end through ``gradio_client`` on 127.0.0.1.
+
+Starts ``python -m app`` as a separate process on a bundle and measures (issue 12's targets on 2 CPU cores):
+
+* cold start: process start -> the page is served, and -> the first trial view answered (target <= 15 s);
+* slider -> new image, precomputed grid strength (p95 <= 150 ms) and generated live (p95 <= 1 s), each
+  including the download of the new final image;
+* trial change -> full page update (p95 <= 1 s);
+* the server's resident memory with every subject loaded (<= 2 GB);
+* load: ``--clients`` concurrent sessions browsing (trial changes, grid slider moves) for ``--seconds``:
+  errors and latencies.
+
+    python benchmarks/bench_app.py                          # assets/demo_results (+ assets/demo_brain)
+    python benchmarks/bench_app.py --results PATH
+    python benchmarks/bench_app.py --synthetic              # a synthetic 4-subject bundle (600 x 4 candidates)
+    python benchmarks/bench_app.py --quick                  # 10 interactions, 4 clients for 10 s
+
+Prints a Markdown table; ``--json PATH`` also writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = (0.0, 0.15, 0.3, 0.5, 0.7, 1.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pct(xs: list[float]) -> tuple[float, float]:
+    a = np.asarray(xs) * 1000.0
+    return float(np.percentile(a, 50)), float(np.percentile(a, 95))
+
+
+def _synthetic(folder: Path) -> tuple[Path, Path]:
+    sys.path[:0] = [str(REPO), str(REPO / "tests")]
+    from test_app import save_test_brains, write_test_bundle  # the tests' bundle writer, at demo scale
+
+    subjects = ("subj01", "subj02", "subj05", "subj07")
+    t0 = time.perf_counter()
+    root = write_test_bundle(folder / "results", subjects=subjects, n=600, k=4, steps=20)
+    brains = save_test_brains(folder / "brains", subjects)
+    print(f"synthetic bundle: 4 subjects x 600 samples x 4 candidates, written in {time.perf_counter() - t0:.1f} s")
+    return root, brains
+
+
+def _serve(results: Path, brains: Path | None, port: int, threads: int) -> subprocess.Popen:
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    if brains is not None:
+        env["MINDEYE_DEMO_BRAIN"] = str(brains)
+    return subprocess.Popen([sys.executable, "-m", "app", "--results", str(results), "--port", str(port)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_page(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    import httpx
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited with {proc.returncode}:\n{proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"the app did not serve {url} within {timeout} s")
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+class Session:
+    """One browsing user: a gradio_client session plus an HTTP client for the images."""
+
+    def __init__(self, url: str) -> None:
+        import httpx
+        from gradio_client import Client
+
+        self.client = Client(url, verbose=False, download_files=False)
+        self.http = httpx.Client(timeout=60.0)
+
+    def _fetch(self, image: Any) -> None:
+        if isinstance(image, dict) and image.get("url"):
+            self.http.get(image["url"]).raise_for_status()
+
+    def trial(self, subject: str, trial: int, strength: float) -> list[Any]:
+        out = self.client.predict(subject, trial, strength, api_name="/trial")
+        for img in out[2:5]:  # seen, blurry, final
+            self._fetch(img)
+        return out
+
+    def strength(self, subject: str, trial: int, strength: float) -> list[Any]:
+        out = self.client.predict(subject, trial, strength, api_name="/strength")
+        self._fetch(out[1])
+        return out
+
+
+def _time(fn: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _load(url: str, subjects: list[str], n_trials: int, clients: int, seconds: float) -> dict[str, Any]:
+    lat: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def user(k: int) -> None:
+        rng = random.Random(k)
+        try:
+            s = Session(url)
+        except Exception as exc:  # a benchmark reports every failure instead of stopping  # noqa: BLE001
+            with lock:
+                errors.append(f"connect: {exc!r}")
+            return
+        while time.monotonic() < stop:
+            subject, trial = rng.choice(subjects), rng.randrange(n_trials)
+            t0 = time.perf_counter()
+            try:
+                if rng.random() < 0.5:
+                    s.trial(subject, trial, 0.15)
+                else:
+                    s.strength(subject, trial, rng.choice(GRID))
+            except Exception as exc:  # noqa: BLE001
+                with lock:
+                    errors.append(repr(exc)[:200])
+                continue
+            with lock:
+                lat.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=user, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    p50, p95 = _pct(lat) if lat else (float("nan"), float("nan"))
+    return {"clients": clients, "seconds": seconds, "requests": len(lat), "errors": len(errors),
+            "error_examples": errors[:3], "p50_ms": p50, "p95_ms": p95}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default=None, help="bundle folder (default assets/demo_results)")
+    ap.add_argument("--brains", default=None, help="brain models folder (default assets/demo_brain)")
+    ap.add_argument("--synthetic", action="store_true", help="benchmark a synthetic 4-subject bundle")
+    ap.add_argument("--n", type=int, default=50, help="interactions per measurement")
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the server")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.clients, args.seconds = 10, 4, 10.0
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench_app_")
+    if args.synthetic:
+        results, brains = _synthetic(Path(tmp.name))
+        label = "synthetic"
+    else:
+        results = Path(args.results) if args.results else REPO / "assets" / "demo_results"
+        brains = Path(args.brains) if args.brains else None
+        if not (results / "manifest.json").is_file():
+            raise SystemExit(f"no results bundle at {results}: build it with `mindeye build-demo`, or pass "
+                             "--results PATH or --synthetic")
+        label = str(results)
+
+    from mindeye_core.results import open_results
+
+    bundle = open_results(results)
+    subjects = bundle.subjects
+    n_trials = min(bundle.subject(s).n_samples for s in subjects)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    t0 = time.perf_counter()
+    proc = _serve(results, brains, port, args.threads)
+    rows: dict[str, Any] = {"bundle": label, "subjects": subjects, "n_trials": n_trials}
+    try:
+        _wait_page(url, proc)
+        rows["start_page_s"] = time.perf_counter() - t0
+        session = Session(url)
+        session.trial(subjects[0], 0, 0.15)
+        rows["start_first_view_s"] = time.perf_counter() - t0
+        rows["live"] = "generated live" in str(session.strength(subjects[0], 0, 0.42)[2])
+        rng = random.Random(0)
+
+        def pick() -> tuple[str, int]:
+            return rng.choice(subjects), rng.randrange(n_trials)
+
+        rows["slider_precomputed"] = _pct(_time(lambda: session.strength(*pick(), rng.choice(GRID)), args.n))
+        def off_grid() -> float:
+            while (s := round(rng.uniform(0.01, 0.99), 2)) in GRID:
+                pass
+            return s
+
+        if rows["live"]:
+            rows["slider_live"] = _pct(_time(lambda: session.strength(*pick(), off_grid()), args.n))
+        rows["trial_change"] = _pct(_time(lambda: session.trial(*pick(), 0.15), args.n))
+        rows["memory_mb"] = _rss_mb(proc.pid)
+        rows["load"] = _load(url, subjects, n_trials, args.clients, args.seconds)
+        rows["memory_after_load_mb"] = _rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        tmp.cleanup()
+
+    def fmt(key: str, target: float) -> str:
+        if key not in rows:
+            return f"| {key} | — | — | ≤ {target:g} ms | live generation off |"
+        p50, p95 = rows[key]
+        return f"| {key} | {p50:.0f} ms | {p95:.0f} ms | ≤ {target:g} ms | {'ok' if p95 <= target else 'MISSED'} |"
+
+    print(f"\nExplorer app, {label}: {len(subjects)} subjects x {n_trials} trials, {args.n} interactions each, "
+          f"server with {args.threads} torch threads ({os.cpu_count()} CPUs visible)\n")
+    print("| measure | p50 | p95 | target (p95) | |\n|---|---|---|---|---|")
+    print(fmt("slider_precomputed", 150))
+    print(fmt("slider_live", 1000))
+    print(fmt("trial_change", 1000))
+    print(f"| cold start: page served | {rows['start_page_s']:.1f} s | | | |")
+    print(f"| cold start: first trial view | {rows['start_first_view_s']:.1f} s | | ≤ 15 s | "
+          f"{'ok' if rows['start_first_view_s'] <= 15 else 'MISSED'} |")
+    print(f"| server memory (RSS), all subjects | {rows['memory_mb']:.0f} MB | {rows['memory_after_load_mb']:.0f} MB "
+          f"after load | ≤ 2048 MB | {'ok' if rows['memory_after_load_mb'] <= 2048 else 'MISSED'} |")
+    ld = rows["load"]
+    print(f"| load: {ld['clients']} clients x {ld['seconds']:.0f} s | {ld['p50_ms']:.0f} ms | {ld['p95_ms']:.0f} ms | "
+          f"no errors | {ld['requests']} requests, {ld['errors']} errors |")
+    if ld["error_examples"]:
+        print("\nerrors:", *ld["error_examples"], sep="\n  ")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0 if not ld["errors"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

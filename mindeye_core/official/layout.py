@@ -54,7 +54,7 @@ from ..models.lowlevel import LowLevelModel
 from ..models.prior import OFFICIAL_257X768_STRUCTURE, cosine_beta_schedule, linear_beta_schedule, rotary_frequencies
 from .checkpoint import strip_wrapper_prefixes
 
-__all__ = ["OFFICIAL_MODELS", "MappedCheckpoint", "map_official_state"]
+__all__ = ["OFFICIAL_MODELS", "MappedCheckpoint", "map_official_state", "schedule_buffers"]
 
 OFFICIAL_MODELS = ("257x768", "1x768", "lowlevel")
 """The released model kinds: CLIP hidden tokens, final CLIP embedding, low-level (VAE latents)."""
@@ -177,11 +177,12 @@ _SCHEDULE_BUFFERS: dict[str, Callable[[dict[str, torch.Tensor]], torch.Tensor]] 
 }
 
 
-def _schedule_values(betas: torch.Tensor) -> dict[str, torch.Tensor]:
+def schedule_buffers(betas: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The buffers dalle2's ``NoiseScheduler`` stores for ``betas`` (float64 maths, float32 values), by name."""
     abar = torch.cumprod(1 - betas, 0)
     abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
-    return {"betas": betas, "abar": abar, "abar_prev": abar_prev,
-            "post_var": betas * (1 - abar_prev) / (1 - abar)}
+    values = {"betas": betas, "abar": abar, "abar_prev": abar_prev, "post_var": betas * (1 - abar_prev) / (1 - abar)}
+    return {name: fn(values).float() for name, fn in _SCHEDULE_BUFFERS.items()}
 
 
 def _map_schedule(m: _Mapper, default_timesteps: int) -> tuple[int, str]:
@@ -198,11 +199,11 @@ def _map_schedule(m: _Mapper, default_timesteps: int) -> tuple[int, str]:
     else:
         m.problems.append(f"{prefix}betas match neither the cosine nor the linear schedule of {timesteps} steps")
         return timesteps, "cosine"
-    values = _schedule_values(betas)
+    values = schedule_buffers(betas)
     for key in [k for k in m.state if k.startswith(prefix)]:
         name = key[len(prefix):]
-        if name in _SCHEDULE_BUFFERS:
-            m.verify(key, _SCHEDULE_BUFFERS[name](values).float(), f"{kind} schedule")
+        if name in values:
+            m.verify(key, values[name], f"{kind} schedule")
     return timesteps, kind
 
 

@@ -63,6 +63,8 @@ BUILD_HINT = (
     "assets/demo_results), or point the app at a bundle folder or a Hub dataset repo id with "
     f"`mindeye app --results PATH_OR_REPO` (or ${ENV_RESULTS})."
 )
+STIMULI_CACHE_BYTES = 256 * 2**20
+"""The test images are held in memory when they take at most this much (the demo world's: 7 MB)."""
 ENV_DEMO_BRAIN = "MINDEYE_DEMO_BRAIN"
 """Environment variable: folder of the demo world's trained brain models (``<subject>/{highlevel,lowlevel}``)."""
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -81,6 +83,7 @@ class SubjectReader(Protocol):
     def candidate_scores(self) -> np.ndarray: ...
     def picked(self) -> np.ndarray: ...
     def seeds(self) -> np.ndarray: ...
+    def stimulus_rows(self) -> np.ndarray: ...
     def prior_samples(self, index: Any) -> np.ndarray: ...
     def embeddings(self, space: str) -> np.ndarray: ...
     def umap(self) -> Mapping[str, np.ndarray] | None: ...
@@ -106,8 +109,11 @@ class BundleReader(Protocol):
     def world(self) -> str: ...
     @property
     def provenance(self) -> Mapping[str, Any]: ...
+    @property
+    def n_stimuli(self) -> int: ...
 
     def subject(self, name: str) -> SubjectReader: ...
+    def stimulus_images(self, rows: Any = None) -> np.ndarray: ...
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -216,6 +222,7 @@ class SubjectCache:
     name: str
     reader: SubjectReader
     n: int
+    stimulus_rows: np.ndarray
     seeds: np.ndarray
     picked: np.ndarray
     candidate_scores: np.ndarray
@@ -239,7 +246,7 @@ class SubjectCache:
             r_sim = {d: np.asarray(ridge.similarity(d), dtype=np.float32) for d in DIRECTIONS}
             r_ranks = {k: np.asarray(v) for k, v in ridge.retrieval_ranks().items()}
         return cls(
-            name=name, reader=reader, n=int(info["n_samples"]),
+            name=name, reader=reader, n=int(info["n_samples"]), stimulus_rows=np.asarray(reader.stimulus_rows()),
             seeds=np.asarray(reader.seeds()), picked=np.asarray(reader.picked()),
             candidate_scores=np.asarray(reader.candidate_scores(), dtype=np.float32),
             similarity={d: np.asarray(reader.similarity(d), dtype=np.float32) for d in DIRECTIONS},
@@ -302,6 +309,7 @@ class ExplorerStore:
     _subjects: dict[str, SubjectCache] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loading: threading.Thread | None = None
+    _stimuli: np.ndarray | None = None
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -336,6 +344,10 @@ class ExplorerStore:
         try:
             for name in bundle.subjects:
                 store._subjects[name] = SubjectCache.load(name, bundle.subject(name))
+            first = next(iter(store._subjects.values()))
+            one = np.asarray(bundle.stimulus_images([int(first.stimulus_rows[0])]))
+            if one.nbytes * int(bundle.n_stimuli) <= STIMULI_CACHE_BYTES:
+                store._stimuli = np.asarray(bundle.stimulus_images())  # the test images, held in memory
         except (MindEyeError, OSError, KeyError, ValueError) as exc:
             return cls(source=src, problem=f"The results bundle {src!r} cannot be read: {exc}. {BUILD_HINT}")
         if live is False or (live is None and store.world != "demo"):
@@ -428,10 +440,11 @@ class ExplorerStore:
     # ---------------------------------------------------------------- images
     def seen(self, subject: str, index: int | Sequence[int]) -> np.ndarray:
         """Seen image(s) of sample(s) ``index``: ``(H, W, 3)`` for an int, ``(k, H, W, 3)`` for a list."""
-        reader = self.subject(subject).reader
-        if isinstance(index, (int, np.integer)):
-            return np.asarray(reader.ground_truth(int(index)))
-        return np.asarray(reader.ground_truth([int(i) for i in index]))
+        cache = self.subject(subject)
+        idx: int | list[int] = int(index) if isinstance(index, (int, np.integer)) else [int(i) for i in index]
+        if self._stimuli is None:
+            return np.asarray(cache.reader.ground_truth(idx))
+        return self._stimuli[cache.stimulus_rows[idx]]
 
     def blurry(self, subject: str, index: int) -> np.ndarray | None:
         """``(H, W, 3)`` uint8 low-level reconstruction, or ``None`` when the bundle has none."""

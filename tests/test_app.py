@@ -139,6 +139,16 @@ def test_store_reads_the_bundle(store: ExplorerStore, reader: Any) -> None:
         store.subject("subj09")
 
 
+def test_large_stimuli_stay_on_disk(bundle_dir: Path, reader: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.store
+
+    monkeypatch.setattr(app.store, "STIMULI_CACHE_BYTES", 0)
+    st = ExplorerStore.open(bundle_dir, live=False)
+    assert st._stimuli is None  # noqa: SLF001 (which path is taken is what this test is about)
+    np.testing.assert_array_equal(st.seen("subj02", [7, 2, 7]), reader.subject("subj02").ground_truth([7, 2, 7]))
+    np.testing.assert_array_equal(st.seen("subj02", 4), reader.subject("subj02").ground_truth(4))
+
+
 def test_missing_bundle_says_what_and_how(tmp_path: Path) -> None:
     st = ExplorerStore.open(tmp_path / "nowhere")
     assert not st.ready and not st.live

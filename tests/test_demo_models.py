@@ -229,7 +229,7 @@ def test_hard_negative_captions_swap_exactly_one_category(world: Path) -> None:
 
 # ------------------------------------------------------------------------------ loaders / errors
 def test_missing_model_names_the_expected_path(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match=str(tmp_path / "tiny-clip") + ".*train_tiny_clip.py"):
+    with pytest.raises(CheckpointError, match=str(tmp_path / "tiny-clip") + ".*training.train_tiny_clip"):
         demo_models.load_demo_clip(root=tmp_path)
     (tmp_path / "tiny-vae").mkdir()
     (tmp_path / "tiny-vae" / "config.json").write_text("{}")

@@ -155,6 +155,22 @@ def test_browse_subject_trial_slider_and_umap(page: Any, app_url: str, bundle: P
         f"{app_url}/?subject=subj02&trial=7&strength=0.42&tab=umap", timeout=TIMEOUT)
 
 
+def test_gallery_click_and_random_trial(page: Any, app_url: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(app_url + "/?subject=subj01&trial=0&tab=browse")
+    _wait_header(page, "subj01 · trial 0")
+    expect(page.locator("#gallery")).to_contain_text("trial 11", timeout=TIMEOUT)
+    page.locator("#gallery").get_by_role("button", name="Thumbnail 10 of 12").click()
+    _wait_header(page, "subj01 · trial 9")
+    expect(page.get_by_role("tab", name="Trial")).to_have_attribute("aria-selected", "true", timeout=TIMEOUT)
+    page.locator("#random").click()
+    expect(page.locator("#trial-header")).to_contain_text(re.compile(r"subj01 · trial (\d+)"), timeout=TIMEOUT)
+    n = int(page.locator("#trial input").input_value())
+    assert 0 <= n < 12
+    _wait_header(page, f"trial {n}")
+
+
 def test_deep_link_restores_the_view(page: Any, app_url: str, bundle: Path) -> None:
     from playwright.sync_api import expect
 
@@ -179,3 +195,21 @@ def test_bad_deep_link_warns_and_falls_back(page: Any, app_url: str) -> None:
     page.goto(app_url + "/?subject=subj99&trial=2")
     _wait_header(page, "subj01 · trial 2")
     expect(page.get_by_text("link names subject 'subj99'").first).to_be_visible(timeout=TIMEOUT)
+
+
+def test_missing_bundle_page_says_how_to_build_it(page: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    from app.layout import build_demo, launch_kwargs
+    from app.store import ExplorerStore
+
+    demo = build_demo(ExplorerStore.open(tmp_path / "no-bundle"))
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                            **launch_kwargs())
+    try:
+        page.goto(url)
+        expect(page.locator("#status")).to_contain_text("Nothing to show yet", timeout=TIMEOUT)
+        expect(page.locator("#status")).to_contain_text("mindeye build-demo")
+        expect(page.locator("#status")).to_contain_text(str(tmp_path / "no-bundle"))
+    finally:
+        demo.close()

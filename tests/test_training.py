@@ -37,6 +37,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _shared_target_cache(world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One MINDEYE_CACHE for the module: targets are encoded once, not in every test."""
+    monkeypatch.setenv("MINDEYE_CACHE", str(world.parent / "cache"))
+
+
 def high_cfg(world: Path, out: Path, **kw: object) -> HighLevelConfig:
     base = dict(dataset=str(world), subject="subj01", model="demo-highlevel", model_overrides=TINY_HIGH, epochs=2,
                 batch_size=16, max_lr=1e-3, device="cpu", precision="fp32", threads=1, ckpt_every=0, eval_every=1,

@@ -69,7 +69,7 @@ class _Page:
     def __setitem__(self, key: str, value: Any) -> None:
         self.c[key] = value
 
-    def list(self, *keys: str) -> list[Any]:
+    def pick(self, *keys: str) -> list[Any]:
         return [self.c[k] for k in keys]
 
 
@@ -208,8 +208,8 @@ TAB_BUILDERS: dict[str, Callable[..., None]] = {"trial": lambda p, s: _trial_tab
 
 # ------------------------------------------------------------------------------------ wiring
 def _wire(p: _Page, store: ExplorerStore, demo: gr.Blocks) -> None:
-    trial_out = p.list(*_TRIAL_KEYS)
-    subject_out = p.list(*_SUBJECT_KEYS)
+    trial_out = p.pick(*_TRIAL_KEYS)
+    subject_out = p.pick(*_SUBJECT_KEYS)
 
     def warn(messages: list[str]) -> None:
         for m in messages:
@@ -269,13 +269,13 @@ def _wire(p: _Page, store: ExplorerStore, demo: gr.Blocks) -> None:
                         api_name=False, **common)
     p["umap"].click(on_umap, [p["subject"], p["strength"]], trial_out, api_name=False, **common)
     p["strength"].release(on_strength, [p["subject"], p["trial"], p["strength"]],
-                          p.list("strength", "final", "note", "compare", "chart"), api_name="strength",
+                          p.pick("strength", "final", "note", "compare", "chart"), api_name="strength",
                           trigger_mode="always_last", show_progress="minimal",
                           concurrency_limit=GENERATE_CONCURRENCY, concurrency_id="generate")
     for key, step in (("prev", -1), ("next", 1), ("page", 0)):
         event = p[key].submit if key == "page" else p[key].click
         event(lambda s, pg, _step=step: on_page(s, pg, _step), [p["subject"], p["page"]],
-              p.list("gallery", "page", "page_label"), api_name=False, **common)
+              p.pick("gallery", "page", "page_label"), api_name=False, **common)
     for tab_id, item in p["tab_items"].items():
         item.select(lambda _t=tab_id: _t, None, p["tab"], api_name=False, queue=False)
     p["copy"].click(cb.link_query, [p["subject"], p["trial"], p["strength"], p["tab"]], p["link"],

@@ -61,7 +61,7 @@ def take_screenshots(url: str, out: str | Path, *, subject: str | None = None, t
     with sync_playwright() as pw:
         browser = launch_browser(pw)
         try:
-            page = browser.new_page(viewport={"width": width, "height": 1000})
+            page = browser.new_page(viewport={"width": width, "height": 2000})  # tall: lazy images load
             for tab, name in SHOTS.items():
                 query = [f"trial={trial}", f"tab={tab}"]
                 if subject:
@@ -74,7 +74,9 @@ def take_screenshots(url: str, out: str | Path, *, subject: str | None = None, t
                     expect(page.locator("#umap .point").first).to_be_visible(timeout=30_000)
                 if tab == "metrics":
                     expect(page.locator("#chart .main-svg").first).to_be_visible(timeout=30_000)
-                page.wait_for_load_state("networkidle")
+                expect(page.locator("#final img")).to_have_count(1, timeout=30_000)
+                page.wait_for_function("() => Array.from(document.images).filter(i => i.offsetParent !== null "
+                                       "&& i.getAttribute('src')).every(i => i.complete)", timeout=30_000)
                 path = out / name
                 page.screenshot(path=str(path), full_page=True)
                 paths.append(path)

@@ -623,11 +623,13 @@ class Reconstructor:
 
     @torch.no_grad()
     def _generate_and_pick(self, prior_samples: torch.Tensor, blurry: torch.Tensor | None, seeds: Sequence[int],
-                           strength: float, projector: torch.Tensor | None) -> Candidates:
+                           strength: float, projector: torch.Tensor | None,
+                           sample_ids: torch.Tensor | None = None) -> Candidates:
         """Candidates (and best-of-N when ``projector`` is given) for ``B`` trials at one strength.
 
         ``prior_samples`` ``(B, N, T, D)`` float16, ``blurry`` ``(B, 3, H, W)`` on uint8 levels or ``None``,
-        ``projector`` ``(B, ...)`` with ``T * D`` values per trial or ``None``. Trials are processed
+        ``projector`` ``(B, ...)`` with ``T * D`` values per trial or ``None``, ``sample_ids`` ``(B, N)``
+        candidate numbers ``k`` for the generator seeds (default ``0..N-1``). Trials are processed
         ``trials_per_call`` at a time, the same way in :meth:`reconstruct` and :meth:`regenerate`.
         """
         b, n = prior_samples.shape[:2]
@@ -640,9 +642,12 @@ class Reconstructor:
             if strength > 0:
                 assert blurry is not None
                 init = blurry[lo:hi].repeat_interleave(n, dim=0)
+            if sample_ids is None:
+                gen_seeds = row_seeds(seeds[lo:hi], n, GENERATOR_STREAM)
+            else:
+                gen_seeds = [row_seed(seeds[i], int(k), GENERATOR_STREAM) for i in range(lo, hi) for k in sample_ids[i]]
             images = self.generator.generate(emb, init_images=init, strength=strength, n_samples=1,
-                                             steps=self.steps, guidance=self.guidance,
-                                             seed=row_seeds(seeds[lo:hi], n, GENERATOR_STREAM))
+                                             steps=self.steps, guidance=self.guidance, seed=gen_seeds)
             images = images[:, 0].float().cpu()  # (rows, 3, H, W)
             cands.append(images.view(hi - lo, n, 3, size, size))
             if projector is not None:
@@ -702,7 +707,8 @@ class Reconstructor:
 
     @torch.no_grad()
     def regenerate(self, prior_samples: torch.Tensor, blurry: torch.Tensor | None, seeds: Sequence[int],
-                   strength: float, projector: torch.Tensor | None = None) -> Candidates:
+                   strength: float, projector: torch.Tensor | None = None, *,
+                   sample_ids: Any = None) -> Candidates:
         """Recompute candidates from stored prior samples, exactly as :meth:`reconstruct` does.
 
         Args:
@@ -713,6 +719,10 @@ class Reconstructor:
             strength: img2img strength, paper convention.
             projector: optional ``(B, T, D)`` (or flattened ``(B, T*D)``) projector outputs: also score and
                 pick best-of-N.
+            sample_ids: optional ``(B, N)`` non-negative ints: the candidate number ``k`` of each given
+                prior sample, for its generator seed ``row_seed(seed, k, GENERATOR_STREAM)``; default
+                ``0..N-1`` (all of a trial's samples, in order). E.g. ``prior_samples[:, picked]`` with
+                ``sample_ids=picked[:, None]`` regenerates just the picked candidate, with its own noise.
 
         Returns:
             :class:`Candidates` with ``candidates (B, N, 3, H, W)`` (+ scores, picked, finals with a
@@ -741,12 +751,20 @@ class Reconstructor:
             raise ValueError(f"strength {s} > 0 needs the blurry images (img2img)")
         proj = None
         if projector is not None:
-            proj = projector.detach().float().cpu().reshape(b, -1) if isinstance(projector, torch.Tensor) else None
-            if proj is None or proj.shape[1] != math.prod(self.tokens):
-                raise DataFormatError(f"projector must hold {math.prod(self.tokens)} values per trial "
-                                      f"({self.tokens[0]} x {self.tokens[1]}), got "
-                                      f"{tuple(projector.shape) if isinstance(projector, torch.Tensor) else projector!r}")
-        return self._generate_and_pick(samples, levels, seed_list, s, proj)
+            width = math.prod(self.tokens)
+            if not isinstance(projector, torch.Tensor) or projector.ndim < 2 or projector.shape[0] != b \
+                    or math.prod(projector.shape[1:]) != width:
+                shape = tuple(projector.shape) if isinstance(projector, torch.Tensor) else type(projector).__name__
+                raise DataFormatError(f"projector must hold {width} values per trial ({b}, {self.tokens[0]}, "
+                                      f"{self.tokens[1]}), got {shape}")
+            proj = projector.detach().float().cpu().reshape(b, width)
+        ids = None
+        if sample_ids is not None:
+            ids = torch.as_tensor(np.asarray(sample_ids))
+            if ids.shape != prior_samples.shape[:2] or ids.is_floating_point() or bool((ids < 0).any()):
+                raise DataFormatError(f"sample_ids must be non-negative ints of shape {tuple(prior_samples.shape[:2])}, "
+                                      f"got {ids.dtype} {tuple(ids.shape)}")
+        return self._generate_and_pick(samples, levels, seed_list, s, proj, ids)
 
     def reconstruct_dataset(self, voxels: torch.Tensor, seeds: Sequence[int], *, batch_size: int = 8,
                             strengths: Sequence[float] | float | None = None, progress: bool = True,

@@ -188,6 +188,14 @@ def test_regenerate_from_bundle_arrays_is_bit_exact(rec: Reconstructor, out: Rec
     # float blurry on the uint8 levels and float32 prior samples give the same pixels too
     res = rec.regenerate(out.prior_samples.float(), out.blurry, out.seeds.tolist(), 0.5)
     assert torch.equal(res.candidates, out.candidates[0.5]) and res.scores is None
+    # only the picked candidate of each trial, with its own noise: the final (a 1-row call instead of N rows,
+    # so equal up to the backend's batch-size-dependent rounding)
+    picked = out.picked[0.5]
+    one = rec.regenerate(out.prior_samples[torch.arange(3), picked][:, None], out.blurry, out.seeds.tolist(), 0.5,
+                         sample_ids=picked[:, None])
+    torch.testing.assert_close(one.candidates[:, 0], out.finals[0.5], atol=1e-5, rtol=1e-5)
+    with pytest.raises(DataFormatError, match="sample_ids must be non-negative ints of shape"):
+        rec.regenerate(out.prior_samples, out.blurry, out.seeds.tolist(), 0.5, sample_ids=[[0, 1]])
 
 
 def test_quantize_images_matches_the_bundle_conversion() -> None:
@@ -253,6 +261,8 @@ def test_bad_inputs_name_the_parameter(rec: Reconstructor) -> None:
          DataFormatError, "blurry must be uint8 or float in"),
         (lambda: rec.regenerate(torch.zeros(1, N, T, D), None, [1], 0.0, projector=torch.zeros(1, 7)),
          DataFormatError, "projector must hold 80 values"),
+        (lambda: rec.regenerate(torch.zeros(1, N, T, D), None, [1], 0.0, projector=torch.zeros(2, T, D)),
+         DataFormatError, r"projector must hold 80 values per trial \(1, 5, 16\)"),
     ]
     for call, exc, match in bad_calls:
         with pytest.raises(exc, match=match):
@@ -328,3 +338,11 @@ def test_demo_spec_with_the_shipped_models(tmp_path: Path) -> None:
     assert res.blurry.shape == (2, 3, 64, 64) and res.prior_samples.shape == (2, 4, 65, 128)
     assert res.candidates[0.15].shape == (2, 4, 3, 64, 64) and res.finals[0.15].shape == (2, 3, 64, 64)
     assert torch.isfinite(res.scores[0.15]).all() and res.scores[0.15].abs().max() <= 1 + 1e-5
+
+
+def test_trials_per_call_batches_trials_without_changing_them(rec: Reconstructor, out: ReconstructionOutput) -> None:
+    batched = Reconstructor(rec.brain_model, rec.encoder, rec.generator, rec.lowlevel, rec.vae, n_samples=N,
+                            strength=0.5, steps=STEPS, trials_per_call=2)
+    res = batched.regenerate(out.prior_samples, out.blurry, out.seeds.tolist(), 0.5, projector=out.projector)
+    torch.testing.assert_close(res.candidates, out.candidates[0.5], atol=1e-5, rtol=1e-5)
+    assert torch.equal(res.picked, out.picked[0.5])

@@ -22,6 +22,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
+from mindeye_core.errors import MindEyeError
 from mindeye_core.metrics.tables import (
     COLUMNS,
     TABLE1_REFERENCE,
@@ -41,6 +42,7 @@ __all__ = [
     "PAGE_SIZE",
     "TABS",
     "TOP_K",
+    "CandidatesView",
     "GalleryPage",
     "QueryState",
     "RetrievalView",
@@ -49,6 +51,7 @@ __all__ = [
     "TrialView",
     "check_strength",
     "check_subject",
+    "candidates_view",
     "check_trial",
     "gallery_page",
     "link_query",
@@ -151,35 +154,89 @@ class StrengthView:
     live: bool = False
 
 
+def _live_note(result: Any) -> str:
+    how = "" if result.exact else (" (prior samples drawn again from the stored backbone embeddings: this light "
+                                   "bundle keeps none, so pixels may differ slightly from the original run)")
+    return f"generated live in {result.seconds:.2f} s with the trial's seed {result.seed}{how}"
+
+
+def _why_not_live(store: ExplorerStore, subject: str) -> str:
+    if store.live_loading:
+        return "live generation is still loading, try again in a few seconds"
+    if store.live_problem:
+        return store.live_problem
+    return f"{subject} stores neither prior samples nor backbone embeddings to generate from"
+
+
 def strength_view(store: ExplorerStore, subject: str, trial: Any, strength: Any) -> StrengthView:
-    """The final at ``strength``: precomputed on the grid, live off the grid when the store can generate,
-    otherwise snapped to the nearest grid strength (the note says so)."""
+    """The final at ``strength``: precomputed where the bundle stores it, generated live elsewhere when the
+    store can, otherwise snapped to the nearest stored strength (the note says which and why)."""
     subject = check_subject(store, subject)
     i = check_trial(store, subject, trial)
     s = check_strength(strength)
     seen = store.seen(subject, i)
-    grid = store.on_grid(s)
+    cache = store.subject(subject)
+    stored = cache.stored(s)
     live = False
-    if grid is not None:
-        final = store.final(subject, i, grid)
-        s = grid
-        note = f"Strength {s:g}: precomputed (on the bundle's grid)."
-    elif store.live:
+    if stored is not None:
+        final, s = store.final(subject, i, stored), stored
+        note = f"Strength {s:g}: precomputed (stored in the bundle)."
+    elif store.can_regenerate(subject):
         try:
             result = store.regenerate(subject, i, s)
-        except (RuntimeError, ValueError) as exc:
+        except (RuntimeError, ValueError, MindEyeError) as exc:
             raise gr.Error(f"live generation failed for {subject} trial {i} at strength {s:g}: {exc}") from exc
         final, live = result.final, True
-        note = f"Strength {s:g}: generated live in {result.seconds:.2f} s with the trial's seed {result.seed}."
+        where = "on the grid but not stored in this light bundle" if store.on_grid(s) is not None else "off the grid"
+        note = f"Strength {s:g} ({where}): {_live_note(result)}."
     else:
-        snapped = store.nearest_on_grid(s)
+        snapped = store.nearest_stored(subject, s)
         final = store.final(subject, i, snapped)
-        why = "live generation is still loading, try again in a few seconds" if store.live_loading else store.live_problem
-        note = (f"Strength {s:g} snapped to {snapped:g}, the nearest on the bundle's grid "
-                f"({', '.join(f'{g:g}' for g in store.strengths)}): {why}.")
+        note = (f"Strength {s:g} snapped to {snapped:g}, the nearest strength stored in the bundle "
+                f"({', '.join(f'{g:g}' for g in cache.stored_strengths)}): {_why_not_live(store, subject)}.")
         s = snapped
     return StrengthView(strength=s, final=final, note=note, compare=(seen, final),
                         chart=metrics_chart(store, subject, s), live=live)
+
+
+@dataclass(frozen=True)
+class CandidatesView:
+    """The best-of-N candidates of a trial at the default strength.
+
+    Attributes:
+        items: ``(candidate, caption)``, caption with its CLIP score, the picked one marked (empty when the
+            bundle stores none and they cannot be regenerated).
+        note: which candidate was picked, and where the images come from.
+    """
+
+    items: list[tuple[np.ndarray, str]]
+    note: str
+
+
+def candidates_view(store: ExplorerStore, subject: str, trial: Any) -> CandidatesView:
+    """The stored candidates, or (light bundle) the candidates regenerated live at the default strength."""
+    subject = check_subject(store, subject)
+    i = check_trial(store, subject, trial)
+    cache = store.subject(subject)
+    d = store.default_strength
+    scores, picked = cache.candidate_scores[i], int(cache.picked[i])
+    images = store.candidates(subject, i)
+    source = "stored in the bundle"
+    if images is None and store.can_regenerate(subject):
+        try:
+            result = store.regenerate(subject, i, d)
+        except (RuntimeError, ValueError, MindEyeError) as exc:
+            raise gr.Error(f"regenerating the candidates of {subject} trial {i} failed: {exc}") from exc
+        images, scores, picked = result.candidates, result.scores, result.picked
+        source = f"{_live_note(result)} (this light bundle stores no candidate images)"
+    if images is None:
+        return CandidatesView([], f"This light bundle stores no candidate images for {subject} "
+                                  f"({_why_not_live(store, subject)}); their CLIP scores: "
+                                  + ", ".join(f"{x:.3f}" for x in scores) + f"; candidate {picked} was picked.")
+    items = [(images[k], f"CLIP {scores[k]:.3f}" + (" ✓ picked" if k == picked else "")) for k in range(len(images))]
+    return CandidatesView(items, f"Best of {len(items)} candidates at the default strength {d:g}, ranked by "
+                                 f"cosine(CLIP(candidate), projector output); candidate {picked} was picked; "
+                                 f"{source}.")
 
 
 # ------------------------------------------------------------------------------------ retrieval
@@ -355,14 +412,13 @@ def metrics_chart(store: ExplorerStore, subject: str, strength: float) -> dict[s
 # ------------------------------------------------------------------------------------ trial
 @dataclass(frozen=True)
 class TrialView:
-    """Everything the page shows for one (subject, trial, strength).
+    """Everything the page shows for one (subject, trial, strength), except the candidates
+    (:func:`candidates_view`, which may need a live generation on a light bundle).
 
     Attributes:
-        header: Markdown naming the trial (image row, seed, ranks).
+        header: Markdown naming the trial (seed, ranks).
         seen / blurry: the seen image and the low-level reconstruction (``None`` without one).
         view: the strength-dependent part (:class:`StrengthView`).
-        candidates: ``(candidate, caption)``, caption with its CLIP score, the picked one marked.
-        candidates_note: which candidate was picked and at which strength.
         ridge_blurry / ridge_final: the ridge baseline's reconstructions (``None`` when absent).
         ridge_note: what the ridge images are, or why there are none.
         retrieval: both retrieval directions.
@@ -375,34 +431,26 @@ class TrialView:
     seen: np.ndarray
     blurry: np.ndarray | None
     view: StrengthView
-    candidates: list[tuple[np.ndarray, str]]
-    candidates_note: str
     ridge_blurry: np.ndarray | None
     ridge_final: np.ndarray | None
     ridge_note: str
     retrieval: RetrievalView
     umap: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
 
 
 def trial_view(store: ExplorerStore, subject: str, trial: Any, strength: Any) -> TrialView:
-    """The whole page for one trial (seen, blurry, final at ``strength``, candidates, ridge, retrieval, UMAP)."""
+    """The page for one trial: seen, blurry, final at ``strength``, ridge, retrieval, UMAP."""
     subject = check_subject(store, subject)
     i = check_trial(store, subject, trial)
     cache = store.subject(subject)
     view = strength_view(store, subject, i, strength)
-    scores = cache.candidate_scores[i]
-    picked = int(cache.picked[i])
-    cands = store.candidates(subject, i)
-    candidates = [(cands[k], f"CLIP {scores[k]:.3f}" + (" ✓ picked" if k == picked else ""))
-                  for k in range(cands.shape[0])]
     ridge_blurry, ridge_final = store.ridge_images(subject, i)
     if cache.ridge is None:
         ridge_note = "This bundle has no ridge baseline."
     else:
         ridge_note = (f"Ridge baseline (linear, same samples): blurry from ridge → VAE latents, final from ridge → "
                       f"CLIP tokens through the same generator at strength {store.default_strength:g}.")
-        if ridge_final is None:
+        if ridge_final is None and ridge_blurry is None:
             ridge_note += " (No ridge images in this bundle: retrieval only.)"
     blurry = store.blurry(subject, i)
     header = (f"### {subject} · trial {i}\nseed {int(cache.seeds[i])} · image retrieval rank "
@@ -411,9 +459,6 @@ def trial_view(store: ExplorerStore, subject: str, trial: Any, strength: Any) ->
               + ("" if blurry is not None else " · no blurry reconstruction in this bundle"))
     return TrialView(
         subject=subject, trial=i, header=header, seen=store.seen(subject, i), blurry=blurry, view=view,
-        candidates=candidates,
-        candidates_note=(f"Best of {len(candidates)} candidates at the default strength {store.default_strength:g}, "
-                         f"ranked by cosine(CLIP(candidate), projector output); candidate {picked} was picked."),
         ridge_blurry=ridge_blurry, ridge_final=ridge_final, ridge_note=ridge_note,
         retrieval=retrieval_view(store, subject, i), umap=umap_figure(store, subject, i),
     )

@@ -83,7 +83,6 @@ def _trial_outputs(p: _Page, v: cb.TrialView) -> dict[Any, Any]:
     out = _strength_outputs(p, v.view)
     out.update({
         p["trial"]: v.trial, p["header"]: v.header, p["seen"]: v.seen, p["blurry"]: v.blurry,
-        p["candidates"]: v.candidates, p["candidates_note"]: v.candidates_note,
         p["ridge_blurry"]: v.ridge_blurry, p["ridge_final"]: v.ridge_final, p["ridge_final_me"]: v.view.final,
         p["ridge_note"]: v.ridge_note, p["retrieval_summary"]: v.retrieval.summary,
         p["image_retrieval"]: v.retrieval.image_retrieval, p["brain_retrieval"]: v.retrieval.brain_retrieval,
@@ -98,9 +97,9 @@ def _subject_outputs(p: _Page, v: cb.SubjectView) -> dict[Any, Any]:
             p["trial_max"]: f"{v.subject}: trials 0 to {v.n_trials - 1}"}
 
 
-_TRIAL_KEYS = ("trial", "header", "seen", "blurry", "final", "note", "compare", "chart", "strength", "candidates",
-               "candidates_note", "ridge_blurry", "ridge_final", "ridge_final_me", "ridge_note",
-               "retrieval_summary", "image_retrieval", "brain_retrieval", "umap")
+_TRIAL_KEYS = ("trial", "header", "seen", "blurry", "final", "note", "compare", "chart", "strength",
+               "ridge_blurry", "ridge_final", "ridge_final_me", "ridge_note", "retrieval_summary",
+               "image_retrieval", "brain_retrieval", "umap")
 _SUBJECT_KEYS = ("table1", "table5", "gallery", "page", "page_label", "trial_max")
 
 
@@ -253,25 +252,36 @@ def _wire(p: _Page, store: ExplorerStore, demo: gr.Blocks) -> None:
         progress(0.0, desc=f"strength {float(strength):g}")
         return _strength_outputs(p, cb.strength_view(store, subject, trial, strength))
 
+    def on_candidates(subject: str, trial: Any) -> tuple[Any, str]:
+        v = cb.candidates_view(store, subject, trial)
+        return v.items, v.note
+
     def on_page(subject: str, page: Any, step: int) -> dict[Any, Any]:
         g = cb.gallery_page(store, subject, (int(page or 0) + step))
         return {p["gallery"]: g.items, p["page"]: g.page, p["page_label"]: g.label}
 
     common = dict(show_progress="minimal", concurrency_limit=BROWSE_CONCURRENCY, concurrency_id="browse")
-    demo.load(on_load, inputs=None, outputs=[*trial_out, *subject_out, p["subject"], p["tabs"], p["tab"], p["link"]],
-              api_name="load", **common)
-    p["subject"].input(on_subject, [p["subject"], p["trial"], p["strength"]], [*trial_out, *subject_out],
-                       api_name="subject", **common)
-    p["trial"].input(on_trial, [p["subject"], p["trial"], p["strength"]], trial_out, api_name="trial",
-                     trigger_mode="always_last", **common)
-    p["random"].click(on_random, [p["subject"], p["strength"]], trial_out, api_name="random", **common)
-    p["gallery"].select(on_gallery, [p["subject"], p["page"], p["strength"]], [*trial_out, p["tabs"], p["tab"]],
-                        api_name=False, **common)
-    p["umap"].click(on_umap, [p["subject"], p["strength"]], trial_out, api_name=False, **common)
+    generate = dict(show_progress="minimal", concurrency_limit=GENERATE_CONCURRENCY, concurrency_id="generate")
+    light = any(not store.subject(s).has_candidates for s in store.subjects)  # candidates generated live
+    candidates = dict(fn=on_candidates, inputs=[p["subject"], p["trial"]],
+                      outputs=p.pick("candidates", "candidates_note"), **(generate if light else common))
+    trial_events = [
+        demo.load(on_load, inputs=None, outputs=[*trial_out, *subject_out, p["subject"], p["tabs"], p["tab"],
+                                                 p["link"]], api_name="load", **common),
+        p["subject"].input(on_subject, [p["subject"], p["trial"], p["strength"]], [*trial_out, *subject_out],
+                           api_name="subject", **common),
+        p["trial"].input(on_trial, [p["subject"], p["trial"], p["strength"]], trial_out, api_name="trial",
+                         trigger_mode="always_last", **common),
+        p["random"].click(on_random, [p["subject"], p["strength"]], trial_out, api_name="random", **common),
+        p["gallery"].select(on_gallery, [p["subject"], p["page"], p["strength"]],
+                            [*trial_out, p["tabs"], p["tab"]], api_name=False, **common),
+        p["umap"].click(on_umap, [p["subject"], p["strength"]], trial_out, api_name=False, **common),
+    ]
+    for k, event in enumerate(trial_events):
+        event.success(api_name="candidates" if k == 0 else False, **candidates)
     p["strength"].release(on_strength, [p["subject"], p["trial"], p["strength"]],
                           p.pick("strength", "final", "note", "compare", "chart"), api_name="strength",
-                          trigger_mode="always_last", show_progress="minimal",
-                          concurrency_limit=GENERATE_CONCURRENCY, concurrency_id="generate")
+                          trigger_mode="always_last", **generate)
     for key, step in (("prev", -1), ("next", 1), ("page", 0)):
         event = p[key].submit if key == "page" else p[key].click
         event(lambda s, pg, _step=step: on_page(s, pg, _step), [p["subject"], p["page"]],

@@ -75,6 +75,10 @@ class SubjectReader(Protocol):
     """What the store reads of one subject (``ResultsBundle.subject(name)``, docs/results_bundle.md)."""
 
     info: Mapping[str, Any]
+    stored_strengths: list[float]
+    has_candidates: bool
+    has_prior_samples: bool
+    embedding_spaces: list[str]
 
     def ground_truth(self, index: Any = None) -> np.ndarray: ...
     def blurry(self, index: Any = None) -> np.ndarray | None: ...
@@ -217,6 +221,9 @@ class SubjectCache:
         umap: space -> ``(N, 2)``, empty without a UMAP.
         ridge_similarity / ridge_ranks: the same for the ridge baseline (empty without one).
         metrics: the manifest's metrics block of the subject.
+        stored_strengths: strengths whose finals the bundle stores (the whole grid unless it is light).
+        has_candidates / has_prior_samples: what a light bundle may leave out.
+        has_backbone: the backbone embeddings are stored (prior samples can be drawn again from them).
     """
 
     name: str
@@ -233,6 +240,10 @@ class SubjectCache:
     ridge_ranks: dict[str, np.ndarray]
     metrics: dict[str, Any]
     has_blurry: bool
+    stored_strengths: list[float]
+    has_candidates: bool
+    has_prior_samples: bool
+    has_backbone: bool
     ridge: Any = None
 
     @classmethod
@@ -252,8 +263,14 @@ class SubjectCache:
             similarity={d: np.asarray(reader.similarity(d), dtype=np.float32) for d in DIRECTIONS},
             ranks=ranks, umap={k: np.asarray(v, dtype=np.float32) for k, v in (reader.umap() or {}).items()},
             ridge_similarity=r_sim, ridge_ranks=r_ranks, metrics=dict(reader.metrics or {}),
-            has_blurry=bool(info.get("has_blurry")), ridge=ridge,
+            has_blurry=bool(info.get("has_blurry")), stored_strengths=[float(x) for x in reader.stored_strengths],
+            has_candidates=bool(reader.has_candidates), has_prior_samples=bool(reader.has_prior_samples),
+            has_backbone="backbone" in reader.embedding_spaces, ridge=ridge,
         )
+
+    def stored(self, strength: float) -> float | None:
+        """The stored strength equal to ``strength`` (to 1e-6), or ``None``."""
+        return next((x for x in self.stored_strengths if abs(x - float(strength)) < 1e-6), None)
 
     def top_k(self, index: int, k: int, direction: str, *, ridge: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best matches of query ``index`` in ``direction``: ``(indices (k,), cosines (k,))``."""
@@ -272,6 +289,8 @@ class LiveResult:
         picked: index of the final among the candidates.
         seconds: wall time of the generation.
         seed: the trial's seed.
+        exact: from the stored prior samples (the bundle's pixels); ``False`` when a light bundle's prior
+            samples were drawn again from its float16 backbone embeddings (close, not bit-identical).
     """
 
     final: np.ndarray
@@ -280,6 +299,7 @@ class LiveResult:
     picked: int
     seconds: float
     seed: int
+    exact: bool = True
 
 
 def _to_uint8_hwc(images: Any) -> np.ndarray:
@@ -397,8 +417,13 @@ class ExplorerStore:
 
     @property
     def live(self) -> bool:
-        """``True`` when the slider can generate at any strength (every subject has a reconstructor)."""
-        return bool(self.reconstructors) and all(s in self.reconstructors for s in self._subjects)
+        """``True`` when the slider can generate at any strength (for every subject)."""
+        return bool(self._subjects) and all(self.can_regenerate(s) for s in self._subjects)
+
+    def can_regenerate(self, subject: str) -> bool:
+        """``subject`` has a reconstructor and stored prior samples (or backbone embeddings to draw them)."""
+        cache = self.subject(subject)
+        return subject in self.reconstructors and (cache.has_prior_samples or cache.has_backbone)
 
     @property
     def subjects(self) -> list[str]:
@@ -434,8 +459,9 @@ class ExplorerStore:
                 return s
         return None
 
-    def nearest_on_grid(self, strength: float) -> float:
-        return min(self.strengths, key=lambda s: (abs(s - float(strength)), s))
+    def nearest_stored(self, subject: str, strength: float) -> float:
+        """The stored strength of ``subject`` nearest to ``strength`` (ties: the lower)."""
+        return min(self.subject(subject).stored_strengths, key=lambda s: (abs(s - float(strength)), s))
 
     # ---------------------------------------------------------------- images
     def seen(self, subject: str, index: int | Sequence[int]) -> np.ndarray:
@@ -452,15 +478,18 @@ class ExplorerStore:
         return np.asarray(cache.reader.blurry(int(index))) if cache.has_blurry else None
 
     def final(self, subject: str, index: int, strength: float) -> np.ndarray:
-        """Precomputed final at a grid strength (:class:`ValueError` off the grid)."""
-        s = self.on_grid(strength)
+        """Precomputed final at a stored strength (:class:`ValueError` otherwise, naming the stored ones)."""
+        cache = self.subject(subject)
+        s = cache.stored(strength)
         if s is None:
-            raise ValueError(f"strength {strength:g} is not on the bundle's grid {self.strengths}")
-        return np.asarray(self.subject(subject).reader.finals(s, int(index)))
+            raise ValueError(f"{subject}: no precomputed final at strength {strength:g}; the bundle stores "
+                             f"{', '.join(f'{x:g}' for x in cache.stored_strengths)}")
+        return np.asarray(cache.reader.finals(s, int(index)))
 
-    def candidates(self, subject: str, index: int) -> np.ndarray:
-        """``(K, H, W, 3)`` best-of-N candidates at the default strength."""
-        return np.asarray(self.subject(subject).reader.candidates(int(index)))
+    def candidates(self, subject: str, index: int) -> np.ndarray | None:
+        """``(K, H, W, 3)`` stored best-of-N candidates at the default strength, ``None`` in a light bundle."""
+        cache = self.subject(subject)
+        return np.asarray(cache.reader.candidates(int(index))) if cache.has_candidates else None
 
     def ridge_images(self, subject: str, index: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         """``(ridge blurry, ridge final)`` of sample ``index`` (either may be ``None``)."""
@@ -483,23 +512,30 @@ class ExplorerStore:
             RuntimeError: live generation is off (:attr:`live_problem` says why) or the subject has no blurry
                 image to start img2img from.
         """
+        cache = self.subject(subject)
         rec = self.reconstructors.get(subject)
-        if rec is None:
-            raise RuntimeError(f"live generation is unavailable: {self.live_problem or f'no model for {subject}'}")
+        if rec is None or not self.can_regenerate(subject):
+            why = self.live_problem or (f"no model for {subject}" if rec is None else
+                                        f"{subject} stores neither prior samples nor backbone embeddings")
+            raise RuntimeError(f"live generation is unavailable: {why}")
         import torch
 
-        cache = self.subject(subject)
         i = int(index)
         blurry = self.blurry(subject, i)
         if blurry is None and float(strength) > 0:
             raise RuntimeError(f"{subject} has no blurry reconstructions to start img2img from")
-        prior = torch.from_numpy(np.asarray(cache.reader.prior_samples(i)))[None]  # (1, K, T, D) float16
         init = None if blurry is None else torch.from_numpy(blurry).permute(2, 0, 1)[None].contiguous()
         projector = torch.from_numpy(np.asarray(cache.reader.embeddings("projector")[i], np.float32))[None]
         seed = int(cache.seeds[i])
         t0 = time.perf_counter()
         with self._lock:
+            if cache.has_prior_samples:
+                prior = torch.from_numpy(np.asarray(cache.reader.prior_samples(i)))[None]  # (1, K, T, D) float16
+            else:  # a light bundle: draw the K prior samples again from the stored backbone tokens
+                backbone = np.asarray(cache.reader.embeddings("backbone")[i], np.float32).reshape(rec.tokens)
+                prior = rec.sample_prior(torch.from_numpy(backbone)[None], [seed])
             out = rec.regenerate(prior, init, [seed], float(strength), projector=projector)
         seconds = time.perf_counter() - t0
         return LiveResult(final=_to_uint8_hwc(out.finals[0]), candidates=_to_uint8_hwc(out.candidates[0]),
-                          scores=out.scores[0].numpy(), picked=int(out.picked[0]), seconds=seconds, seed=seed)
+                          scores=out.scores[0].numpy(), picked=int(out.picked[0]), seconds=seconds, seed=seed,
+                          exact=cache.has_prior_samples)

@@ -46,9 +46,10 @@ def _metrics(rng: np.random.Generator, strengths: list[float]) -> dict[str, Any]
 
 
 def write_test_bundle(root: Path, *, subjects: tuple[str, ...] = SUBJECTS, n: int = N, k: int = K,
-                      steps: int = STEPS, seed: int = 0) -> Path:
+                      steps: int = STEPS, seed: int = 0, light: bool = False) -> Path:
     """A format-2 bundle of ``subjects`` (``n`` samples, ``k`` candidates, tokens 65 x 128, random 64 x 64
-    images, the default strength grid, ridge, UMAP; live generation at ``steps``).
+    images, the default strength grid, ridge, UMAP; live generation at ``steps``). ``light``: finals at
+    0.15 and 0.5 only, no candidate images, no prior samples (backbone embeddings instead).
     ``benchmarks/bench_app.py --synthetic`` uses it too."""
     rng = np.random.default_rng(seed)
     with ResultsWriter(root, world="demo", dataset="test-bundle") as w:
@@ -62,10 +63,16 @@ def write_test_bundle(root: Path, *, subjects: tuple[str, ...] = SUBJECTS, n: in
             scores = rng.uniform(0.0, 1.0, (n, k)).astype(np.float32)
             finals = rng.integers(0, 256, (len(strengths), n, SIZE, SIZE, 3), dtype=np.uint8)
             finals[default] = cand[np.arange(n), scores.argmax(1)]
+            prior = (rng.standard_normal((n, k, T, D)) * 0.5).astype(np.float16)
+            extra: dict[str, Any] = {}
+            if light:
+                finals, cand, prior = finals[[default, strengths.index(0.5)]], None, None
+                extra = dict(stored_strengths=[0.15, 0.5], embedding_shape=(T, D),
+                             backbone_embeddings=rng.standard_normal((n, T, D)).astype(np.float32))
             w.add_subject(
                 name, image_index=stim_index[rng.permutation(n)] if s_i else stim_index,
                 seeds=np.arange(n) + 1000 * s_i, finals=finals, candidates=cand, candidate_scores=scores,
-                prior_samples=(rng.standard_normal((n, k, T, D)) * 0.5).astype(np.float16),
+                prior_samples=prior, **extra,
                 brain_embeddings=clip + 1.5 * rng.standard_normal((n, T, D)).astype(np.float32),
                 image_embeddings=clip,
                 blurry=rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8),
@@ -133,7 +140,7 @@ def test_store_reads_the_bundle(store: ExplorerStore, reader: Any) -> None:
     np.testing.assert_array_equal(store.seen("subj02", 5), s.ground_truth(5))
     np.testing.assert_array_equal(store.seen("subj02", [7, 2, 7]), s.ground_truth([7, 2, 7]))
     np.testing.assert_array_equal(store.final("subj02", 3, 0.3), s.finals(0.3, 3))
-    with pytest.raises(ValueError, match="not on the bundle's grid"):
+    with pytest.raises(ValueError, match="no precomputed final at strength 0.31; the bundle stores 0, 0.15"):
         store.final("subj02", 3, 0.31)
     with pytest.raises(KeyError, match="subj09.*available: subj01, subj02"):
         store.subject("subj09")
@@ -249,12 +256,13 @@ def test_trial_view_shows_the_bundle(store: ExplorerStore, reader: Any) -> None:
     np.testing.assert_array_equal(v.view.compare[0], v.seen)
     np.testing.assert_array_equal(v.view.compare[1], v.view.final)
     assert not v.view.live and "precomputed" in v.view.note
+    c = cb.candidates_view(store, "subj02", i)
     picked, scores = int(s.picked()[i]), s.candidate_scores()[i]
-    assert len(v.candidates) == K
-    for k, (img, caption) in enumerate(v.candidates):
+    assert len(c.items) == K
+    for k, (img, caption) in enumerate(c.items):
         np.testing.assert_array_equal(img, s.candidates(i)[k])
         assert f"CLIP {scores[k]:.3f}" in caption and (("picked" in caption) == (k == picked))
-    assert f"candidate {picked} was picked" in v.candidates_note
+    assert f"candidate {picked} was picked" in c.note and "stored in the bundle" in c.note
     np.testing.assert_array_equal(v.ridge_blurry, s.ridge.blurry(i))
     np.testing.assert_array_equal(v.ridge_final, s.ridge.finals(i))
     assert f"seed {int(s.seeds()[i])}" in v.header
@@ -305,7 +313,7 @@ def test_strength_on_grid_is_precomputed_off_grid_is_live(store: ExplorerStore, 
 def test_strength_snaps_to_the_grid_without_live_generation(still_store: ExplorerStore, reader: Any) -> None:
     v = cb.strength_view(still_store, "subj01", 1, 0.42)
     assert v.strength == 0.5 and not v.live
-    assert "snapped to 0.5" in v.note and "turned off" in v.note
+    assert "snapped to 0.5, the nearest strength stored" in v.note and "turned off" in v.note
     np.testing.assert_array_equal(v.final, reader.subject("subj01").finals(0.5, 1))
     assert cb.strength_view(still_store, "subj01", 1, 0.2).strength == 0.15
 
@@ -331,6 +339,30 @@ def test_thumbnail_is_the_seen_image(store: ExplorerStore) -> None:
     assert url.startswith("data:image/png;base64,")
     img = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
     np.testing.assert_array_equal(img, store.seen("subj02", 3))
+
+
+def test_light_bundle_generates_what_it_does_not_store(tmp_path: Path, store: ExplorerStore) -> None:
+    root = write_test_bundle(tmp_path / "light", subjects=("subj01",), light=True)
+    reader = open_results(root).subject("subj01")
+    st = ExplorerStore.open(root, live_loader=lambda _: {"subj01": store.reconstructors["subj01"]})
+    assert st.live and st.can_regenerate("subj01")
+    v = cb.strength_view(st, "subj01", 3, 0.5)
+    assert not v.live and "precomputed" in v.note
+    np.testing.assert_array_equal(v.final, reader.finals(0.5, 3))
+    v = cb.strength_view(st, "subj01", 3, 0.3)  # on the grid, not stored
+    assert v.live and v.strength == 0.3 and "not stored in this light bundle" in v.note
+    assert "drawn again from the stored backbone" in v.note
+    c = cb.candidates_view(st, "subj01", 3)
+    assert len(c.items) == K and "stores no candidate images" in c.note and "generated live" in c.note
+    again = st.regenerate("subj01", 3, 0.15)
+    np.testing.assert_array_equal(again.candidates[0], c.items[0][0])  # deterministic from the seed
+    assert not again.exact
+
+    still = ExplorerStore.open(root, live=False)
+    v = cb.strength_view(still, "subj01", 3, 0.3)
+    assert v.strength == 0.15 and "nearest strength stored in the bundle (0.15, 0.5)" in v.note
+    c = cb.candidates_view(still, "subj01", 3)
+    assert c.items == [] and f"{reader.candidate_scores()[3][0]:.3f}" in c.note and "turned off" in c.note
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -402,7 +434,7 @@ def test_build_demo_wires_the_page(store: ExplorerStore) -> None:
                    "chart", "copy-link", "link"):
         assert needed in ids, needed
     fns = {d.api_name: d for d in demo.fns.values() if d.api_name}
-    assert {"load", "subject", "trial", "random", "strength", "link"} <= set(fns)
+    assert {"load", "subject", "trial", "random", "strength", "link", "candidates"} <= set(fns)
     assert fns["strength"].concurrency_limit == 1 and fns["strength"].concurrency_id == "generate"
     assert demo._queue.max_size == 64  # noqa: SLF001 (the queue cap is Gradio-internal state)
     kw = launch_kwargs()
@@ -419,6 +451,9 @@ def test_cli_registers_app_without_importing_it() -> None:
             "assert 'app' not in sys.modules and 'gradio' not in sys.modules, 'imported the app'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1] / "tests",
                    timeout=120)
+    out = subprocess.run([sys.executable, "-m", "app", "--help"], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120).stdout
+    assert "python -m app" in out and "--results" in out and "--revision" in out and "mindeye build-demo" in out
 
 
 # ------------------------------------------------------------------------------------ gradio_client

@@ -126,7 +126,7 @@ def test_browse_subject_trial_slider_and_umap(page: Any, app_url: str, bundle: P
     # off the grid -> generated live with the trial's seed
     box.fill("0.42")
     box.press("Tab")
-    expect(page.locator("#strength-note")).to_contain_text("Strength 0.42: generated live", timeout=TIMEOUT)
+    expect(page.locator("#strength-note")).to_contain_text("Strength 0.42 (off the grid): generated live", timeout=TIMEOUT)
     expect(page.locator("#strength-note")).to_contain_text(f"seed {int(s.seeds()[5])}")
 
     # retrieval tab: both directions, named

@@ -16,7 +16,7 @@ with ``N = n_samples`` candidates each::
             encoder(candidates) (N, T, D) -> cosine with projector[b], both flattened to T*D -> scores (N,)
             picked = argmax(scores); final = candidates[picked]
 
-Best-of-N selection follows the official code (and the paper's Section 2.3): each candidate's CLIP
+Best-of-N selection follows the official code (and the paper, Section 3.2): each candidate's CLIP
 image embedding (the same target space as the brain model, e.g. the 257 x 768 hidden tokens) is
 compared with the brain's *projector* output (the "disjointed CLIP fMRI embedding", not the prior
 sample), by cosine similarity over the flattened tokens; the highest one wins (first on ties).
@@ -35,7 +35,9 @@ noise of candidate ``k`` (:meth:`~mindeye_core.models.prior.DiffusionPrior.sampl
 per row); stream :data:`GENERATOR_STREAM` (1) seeds the generator's noise of candidate ``k`` (init
 posterior if sampled, then the latent noise; :meth:`~mindeye_core.generators.Generator.generate` with
 one seed per row); the same generator seeds are used at every strength. A trial's output therefore
-depends only on its voxels and its seed, never on which batch it was in.
+depends only on its voxels and its seed, not on which batch it was in (up to the float rounding of the
+batched brain-model and prior passes, which the float16 rounding of the prior samples almost always
+absorbs; generation itself is per trial, see below).
 
 **What a results bundle stores is what generation uses.** Bundles keep prior samples as float16 and
 blurry images as uint8. :meth:`Reconstructor.reconstruct` rounds the prior samples to float16 and the
@@ -602,7 +604,7 @@ class Reconstructor:
         ``None`` without a low-level model."""
         if self.lowlevel is None or self.vae is None:
             return None
-        latents, _ = self.lowlevel(voxels.to(self.device))
+        latents, _ = self.lowlevel(voxels.to(next(self.lowlevel.parameters()).device))
         return quantize_images(self.vae.decode(latents).float().cpu())
 
     @torch.no_grad()

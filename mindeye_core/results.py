@@ -5,14 +5,21 @@ The format is specified in ``docs/results_bundle.md``; in short::
     <root>/
       manifest.json   written LAST (its presence means "complete"); {"format": "mindeye-results", "version": 2}
       stimuli.h5      /image_index int64 (M,), /images uint8 (M, H, W, 3): the test images, once for all subjects
-      <subject>.h5    N test samples: image_index, stimulus_row, seed, blurry, finals (S, N, H, W, 3),
-                      candidates (N, K, H, W, 3), candidate_scores (N, K), picked (N,),
-                      prior_samples float16 (N, K, T, D), embeddings/<space> float16 (N, E), umap (4, N, 2),
-                      retrieval/{similarity (N, N), brain_to_image_rank (N,), image_to_brain_rank (N,)},
-                      ridge/{retrieval/..., blurry, finals}
+      <subject>.h5    N test samples: image_index, stimulus_row, seed, blurry, finals (S', N, H, W, 3) at the
+                      subject's stored_strengths, candidates (N, K, H, W, 3) (optional), candidate_scores (N, K),
+                      picked (N,), prior_samples float16 (N, K, T, D) (optional), embeddings/<space> float16
+                      (N, E), umap (4, N, 2), retrieval/{similarity float16 (N, N), brain_to_image_rank (N,),
+                      image_to_brain_rank (N,)}, ridge/{retrieval/..., blurry, finals}
+
+A *full* bundle stores finals at every grid strength, the candidates and the prior samples; a *light* one
+stores finals at a subset of the grid (always including the default strength) and may leave out the
+candidates and the prior samples (the app then regenerates them live). The manifest says which
+(``stored_strengths``, ``has_candidates``, ``has_prior_samples``); readers refuse what is absent with a
+:class:`~mindeye_core.errors.DataFormatError`.
 
 :class:`ResultsWriter` stages everything in ``<root>.partial`` (:mod:`mindeye_core.staging`) and computes the
-similarity matrix and both rank vectors from the embeddings (float32, :mod:`mindeye_core.similarity`).
+similarity matrix and both rank vectors from the embeddings (float32, :mod:`mindeye_core.similarity`); the
+matrix is stored as float16 and read back as float32.
 :func:`open_results` validates the manifest and every array's shape and dtype and returns a
 :class:`ResultsBundle` whose arrays are read lazily (h5py). Any problem raises
 :class:`~mindeye_core.errors.DataFormatError` naming the file and the dataset.
@@ -128,6 +135,58 @@ def _embeddings(x: Any, name: str, n: int, t: int, d: int) -> np.ndarray:
     return _floats(a.reshape(n, t * d), name, ["N", "E"], [n, t * d])
 
 
+def _check_stored_strengths(grid: Sequence[float], default: float, stored: Any, where: str) -> list[float]:
+    """The stored strengths as grid values (their given order); the whole grid when ``stored`` is ``None``.
+
+    Raises:
+        DataFormatError: ``where: ...`` for a non-list, an empty list, a value off the grid, a duplicate or
+            a missing default strength.
+    """
+    if stored is None:
+        return [float(s) for s in grid]
+    if isinstance(stored, (str, bytes)) or not isinstance(stored, Sequence) and not isinstance(stored, np.ndarray):
+        raise DataFormatError(f"{where}: expected a list of strengths on the grid {list(grid)}, got {stored!r}")
+    keys = [strength_key(s) for s in grid]
+    out: list[float] = []
+    for s in list(stored):
+        if isinstance(s, bool) or not isinstance(s, (int, float, np.integer, np.floating)):
+            raise DataFormatError(f"{where}: strengths must be numbers, got {s!r}")
+        if strength_key(s) not in keys:
+            raise DataFormatError(f"{where}: strength {float(s):g} is not on the strength grid {list(grid)}")
+        out.append(float(grid[keys.index(strength_key(s))]))
+    if not out:
+        raise DataFormatError(f"{where}: no strengths (the default strength {default:g} must be stored)")
+    if len(set(out)) != len(out):
+        raise DataFormatError(f"{where}: duplicate strengths in {out}")
+    if strength_key(default) not in [strength_key(s) for s in out]:
+        raise DataFormatError(f"{where}: must contain the default strength {default:g}, got {out}")
+    return out
+
+
+def _token_shape(prior_samples: Any, embedding_shape: Any, brain_embeddings: Any, p: str) -> tuple[int, int]:
+    """``(T, D)`` of a subject: from ``prior_samples (N, K, T, D)`` (already checked to be 4-D), else
+    ``embedding_shape``, else 3-D ``brain_embeddings (N, T, D)``; ``embedding_shape``, when given, must agree
+    with ``prior_samples``."""
+    given: tuple[int, int] | None = None
+    if embedding_shape is not None:
+        es = tuple(embedding_shape) if isinstance(embedding_shape, (tuple, list)) else ()
+        if len(es) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in es):
+            raise DataFormatError(f"{p}embedding_shape: expected two positive ints (T, D), got {embedding_shape!r}")
+        given = (int(es[0]), int(es[1]))
+    if prior_samples is not None:
+        t, d = (int(v) for v in as_numpy(prior_samples).shape[2:])
+        if given is not None and given != (t, d):
+            raise DataFormatError(f"{p}embedding_shape: {given} disagrees with prior_samples tokens {(t, d)}")
+        return t, d
+    if given is not None:
+        return given
+    brain = as_numpy(brain_embeddings)
+    if brain.ndim == 3:
+        return int(brain.shape[1]), int(brain.shape[2])
+    raise DataFormatError(f"{p}embedding_shape: prior_samples is None and brain_embeddings are flat "
+                          f"{tuple(brain.shape)}: pass embedding_shape=(T, D)")
+
+
 @dataclass
 class RidgeArrays:
     """The ridge baseline of one subject, on the same N test samples (input of :meth:`ResultsWriter.add_subject`).
@@ -154,9 +213,13 @@ def _h5_put(h5: h5py.File, key: str, data: np.ndarray, *, image_dims: int = 0, c
 
 
 def _retrieval_arrays(brain: np.ndarray, image: np.ndarray, names: tuple[str, str]) -> dict[str, np.ndarray]:
-    """``similarity [brain, image] (N, N)`` float32 and both strict rank vectors, from the same matrix."""
+    """``similarity [brain, image] (N, N)`` float16 and both strict rank vectors (int64 ``(N,)``).
+
+    The ranks come from the float32 matrix; only the stored copy of the matrix is rounded to float16
+    (cosines lie in [-1, 1]: the rounding error is at most 2**-12 ~ 2.4e-4).
+    """
     sim = cosine_matrix(brain, image, names=names)
-    return {"similarity": sim, "brain_to_image_rank": ranks(sim), "image_to_brain_rank": ranks(sim.T)}
+    return {"similarity": sim.astype(np.float16), "brain_to_image_rank": ranks(sim), "image_to_brain_rank": ranks(sim.T)}
 
 
 # ---------------------------------------------------------------------------------------------- writer
@@ -179,7 +242,8 @@ class ResultsWriter:
         root: the bundle folder to create.
         world: ``"demo"`` or ``"nsd"`` (free text, stored in the manifest).
         dataset: name/version of the canonical dataset the samples come from.
-        strengths: img2img strength grid (paper convention), the order of the ``finals`` axis.
+        strengths: img2img strength grid (paper convention); a subject's ``finals`` axis follows its
+            ``stored_strengths`` (by default the whole grid, in this order).
         default_strength: the strength of ``candidates``/``picked``; must be on the grid.
         overwrite: replace an existing bundle at ``root`` (only when :meth:`finalize` succeeds).
     """
@@ -200,7 +264,6 @@ class ResultsWriter:
             raise DataFormatError(f"default strength {default_strength:g} is not on the strength grid {strengths}")
         self.strengths = strengths
         self.default_strength = float(default_strength)
-        self._default_pos = keys.index(strength_key(default_strength))
         self.world = world
         self.dataset = dataset
         self.subjects: dict[str, dict[str, Any]] = {}
@@ -256,33 +319,49 @@ class ResultsWriter:
         umap: Any = None,
         ridge: RidgeArrays | None = None,
         test_mode: str = "average",
+        stored_strengths: Sequence[float] | None = None,
+        embedding_shape: tuple[int, int] | None = None,
         metrics: Mapping[str, Any] | None = None,
         provenance: Mapping[str, Any] | None = None,
     ) -> None:
-        """Validate and write one subject (N samples, K candidates, S strengths, tokens ``(T, D)``).
+        """Validate and write one subject (N samples, K candidates, S' stored strengths, tokens ``(T, D)``).
+
+        A *full* subject passes everything; a *light* one passes ``stored_strengths`` (a subset of the grid)
+        and/or ``candidates=None`` / ``prior_samples=None`` (the app regenerates what is missing live).
 
         Args:
             subject: file-safe name (``subj01``).
             image_index: ``(N,)`` dataset image row of each sample; every value must be in the stimuli.
             seeds: ``(N,)`` ints, per-sample seed of prior sampling and generation.
-            finals: ``(S, N, H, W, 3)`` best-of-K reconstructions at each grid strength (order of ``strengths``);
-                images may be uint8 or float in [0, 1] (channels-first accepted).
-            candidates: ``(N, K, H, W, 3)`` the K candidates at the default strength.
-            candidate_scores: ``(N, K)`` cosine(CLIP(candidate), projector output).
-            prior_samples: ``(N, K, T, D)`` the prior's samples (stored float16; must fit its range).
+            finals: ``(S', N, H, W, 3)`` best-of-K reconstructions at each stored strength, in the order of
+                ``stored_strengths`` (``S' = S`` and the grid's order by default); images may be uint8 or
+                float in [0, 1] (channels-first accepted).
+            candidates: ``(N, K, H, W, 3)`` the K candidates at the default strength, or ``None`` (not stored).
+            candidate_scores: ``(N, K)`` cosine(CLIP(candidate), projector output); always required (``K``
+                comes from it).
+            prior_samples: ``(N, K, T, D)`` the prior's samples (stored float16; must fit its range), or
+                ``None`` (not stored; ``(T, D)`` then comes from ``embedding_shape`` or 3-D
+                ``brain_embeddings``).
             brain_embeddings: ``(N, T, D)`` or ``(N, E)``, ``E = T * D``: projector outputs (retrieval space).
             image_embeddings: same shape: CLIP image embeddings of the seen images (``clip_image``).
             picked: ``(N,)`` index of the final among the candidates; computed as the argmax of
                 ``candidate_scores`` when ``None``; when given it must point at a best-scoring candidate.
-                Either way ``finals`` at the default strength must equal ``candidates[i, picked[i]]``.
+                When candidates are stored, ``finals`` at the default strength must equal
+                ``candidates[i, picked[i]]``.
             blurry: optional ``(N, H, W, 3)`` low-level reconstructions.
             backbone_embeddings, prior_embeddings: optional, same shape as ``brain_embeddings``.
-            store_embeddings: store the given spaces under ``/embeddings/<space>`` (float16, ``(N, E)``).
+            store_embeddings: store the given spaces under ``/embeddings/<space>`` (float16, ``(N, E)``);
+                with ``False`` the similarity, ranks and ``umap`` (computed by the caller) are still stored.
             umap: optional ``(4, N, 2)`` coordinates in the order of :data:`UMAP_SPACES`
                 (see :func:`mindeye_core.projection.bundle_umap`).
             ridge: optional :class:`RidgeArrays` (ridge baseline on the same samples).
             test_mode: ``"average"`` (3-trial averages) or ``"single"``.
-            metrics, provenance: JSON-serialisable mappings stored in the manifest.
+            stored_strengths: strengths of the ``finals`` axis, a subset of the grid that contains the default
+                strength, in any order; ``None`` = the whole grid. Metrics may still cover every grid strength.
+            embedding_shape: ``(T, D)`` of the prior tokens; required when ``prior_samples`` is ``None`` and
+                ``brain_embeddings`` are flat ``(N, E)``; when given it must agree with the arrays.
+            metrics, provenance: JSON-serialisable mappings stored in the manifest (``metrics`` layout:
+                docs/results_bundle.md, "Metrics").
 
         Raises:
             DataFormatError: naming the subject and the array, for any shape, dtype or value problem.
@@ -297,6 +376,10 @@ class ResultsWriter:
         p = f"{subject} "  # prefix of every message
         if brain_embeddings is None or image_embeddings is None:
             raise DataFormatError(f"{subject}: brain_embeddings (projector) and image_embeddings (clip_image) are required")
+        if candidate_scores is None:
+            raise DataFormatError(f"{subject}: candidate_scores (N, K) are required, also without stored candidates")
+        stored = _check_stored_strengths(self.strengths, self.default_strength, stored_strengths, p + "stored_strengths")
+        default_pos = [strength_key(s) for s in stored].index(strength_key(self.default_strength))
         index = _ints(image_index, p + "image_index", ["N"], [None])
         n = index.shape[0]
         if n < 2:
@@ -306,14 +389,15 @@ class ResultsWriter:
             raise DataFormatError(f"{p}image_index: {len(missing)} values are not in the stimuli (first: {missing[0]})")
         rows = np.array([self._stimulus_rows[int(v)] for v in index], np.int64)
         seed = _ints(seeds, p + "seeds", ["N"], [n])
-        s_count = len(self.strengths)
-        fin = _images(finals, p + "finals", ["S", "N"], [s_count, n])
+        fin = _images(finals, p + "finals", ["S", "N"], [len(stored), n])
         size = (int(fin.shape[2]), int(fin.shape[3]))
-        cand = _images(candidates, p + "candidates", ["N", "K"], [n, None], size)
-        k = cand.shape[1]
+        cand = None if candidates is None else _images(candidates, p + "candidates", ["N", "K"], [n, None], size)
+        # K: from the candidates when stored (the scores must match them), else from the scores
+        scores = _floats(candidate_scores, p + "candidate_scores", ["N", "K"], [n, None if cand is None else cand.shape[1]])
+        k = scores.shape[1]
         if k < 1:
-            raise DataFormatError(f"{p}candidates: need at least one candidate per sample")
-        scores = _floats(candidate_scores, p + "candidate_scores", ["N", "K"], [n, k])
+            what = "candidate_scores" if cand is None else "candidates"
+            raise DataFormatError(f"{p}{what}: need at least one candidate per sample")
         best = scores.argmax(axis=1)
         if picked is None:
             pick = best.astype(np.int64)
@@ -325,16 +409,19 @@ class ResultsWriter:
             if worse.size:
                 raise DataFormatError(f"{p}picked: sample {int(worse[0])} does not pick a best-scoring candidate "
                                       f"({worse.size} samples); picked must be the argmax of candidate_scores")
-        differ = np.flatnonzero((fin[self._default_pos] != cand[np.arange(n), pick]).reshape(n, -1).any(axis=1))
-        if differ.size:
-            raise DataFormatError(
-                f"{p}finals: at the default strength {self.default_strength:g} finals must be candidates[i, picked[i]]; "
-                f"{differ.size} samples differ (first: {int(differ[0])})"
-            )
-        prior = as_numpy(prior_samples)
-        _check_shape(prior, p + "prior_samples", ["N", "K", "T", "D"], [n, k, None, None])
-        t, d = int(prior.shape[2]), int(prior.shape[3])
-        prior = _floats(prior, p + "prior_samples", ["N", "K", "T", "D"], [n, k, t, d], np.float16)
+        if cand is not None:
+            differ = np.flatnonzero((fin[default_pos] != cand[np.arange(n), pick]).reshape(n, -1).any(axis=1))
+            if differ.size:
+                raise DataFormatError(
+                    f"{p}finals: at the default strength {self.default_strength:g} finals must be candidates[i, picked[i]]; "
+                    f"{differ.size} samples differ (first: {int(differ[0])})"
+                )
+        if prior_samples is not None:
+            _check_shape(as_numpy(prior_samples), p + "prior_samples", ["N", "K", "T", "D"], [n, k, None, None])
+        t, d = _token_shape(prior_samples, embedding_shape, brain_embeddings, p)
+        prior = None
+        if prior_samples is not None:
+            prior = _floats(prior_samples, p + "prior_samples", ["N", "K", "T", "D"], [n, k, t, d], np.float16)
         spaces = {"clip_image": image_embeddings, "backbone": backbone_embeddings,
                   "projector": brain_embeddings, "prior": prior_embeddings}
         emb = {s: _embeddings(x, f"{p}{s} embeddings", n, t, d) for s, x in spaces.items() if x is not None}
@@ -356,7 +443,7 @@ class ResultsWriter:
             if ridge.finals is not None:
                 ridge_arrays["ridge/finals"] = _images(ridge.finals, p + "ridge finals", ["N"], [n], size)
             ridge_info = {"has_blurry": ridge.blurry is not None, "has_finals": ridge.finals is not None}
-        stored = [s for s in UMAP_SPACES if s in emb] if store_embeddings else []
+        spaces_stored = [s for s in UMAP_SPACES if s in emb] if store_embeddings else []
         with h5py.File(self.partial / fname, "w") as h5:
             _h5_put(h5, "image_index", index)
             _h5_put(h5, "stimulus_row", rows)
@@ -364,11 +451,13 @@ class ResultsWriter:
             if blur is not None:
                 _h5_put(h5, "blurry", blur, image_dims=3)
             _h5_put(h5, "finals", fin, image_dims=3)
-            _h5_put(h5, "candidates", cand, image_dims=3)
+            if cand is not None:
+                _h5_put(h5, "candidates", cand, image_dims=3)
             _h5_put(h5, "candidate_scores", scores)
             _h5_put(h5, "picked", pick)
-            _h5_put(h5, "prior_samples", prior, chunks=(1, k, t, d))
-            for s in stored:
+            if prior is not None:
+                _h5_put(h5, "prior_samples", prior, chunks=(1, k, t, d))
+            for s in spaces_stored:
                 _h5_put(h5, f"embeddings/{s}", emb[s].astype(np.float16))
             if coords is not None:
                 _h5_put(h5, "umap", coords)
@@ -380,12 +469,15 @@ class ResultsWriter:
             "file": fname,
             "n_samples": int(n),
             "n_candidates": int(k),
+            "stored_strengths": stored,
+            "has_candidates": cand is not None,
+            "has_prior_samples": prior is not None,
             "embedding_shape": [t, d],
             "final_size": list(size),
             "test_mode": test_mode,
             "has_blurry": blur is not None,
-            "has_embeddings": bool(stored),
-            "embedding_spaces": stored,
+            "has_embeddings": bool(spaces_stored),
+            "embedding_spaces": spaces_stored,
             "has_umap": coords is not None,
             "has_ridge": ridge_info is not None,
             "metrics": _json_safe(dict(metrics or {})),
@@ -505,16 +597,17 @@ class _RetrievalView:
     def similarity(self, direction: str = "brain_to_image") -> np.ndarray:
         """``(N, N)`` float32 cosine similarities, rows = the queries of ``direction``.
 
-        ``brain_to_image``: ``[brain i, image j]`` (as stored); ``image_to_brain``: its transpose.
+        ``brain_to_image``: ``[brain i, image j]`` (as stored, float16 upcast); ``image_to_brain``: its transpose.
         """
-        sim = _read(self.path, f"{self._prefix}retrieval/similarity")
+        sim = _read(self.path, f"{self._prefix}retrieval/similarity").astype(np.float32)
         return sim if self._direction(direction) == "brain_to_image" else np.ascontiguousarray(sim.T)
 
     def top_k(self, i: int, k: int = 5, direction: str = "brain_to_image") -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best candidates for query ``i`` of ``direction``: ``(indices (k,), scores (k,))``, best first.
 
         ``brain_to_image``: test images (sample rows) most similar to brain sample ``i``;
-        ``image_to_brain``: brain samples most similar to image ``i``. Ties: lower row first.
+        ``image_to_brain``: brain samples most similar to image ``i``. Ties: lower row first. Scores are the
+        stored float16 similarities as float32.
         """
         key = f"{self._prefix}retrieval/similarity"
         if self._direction(direction) == "brain_to_image":
@@ -524,7 +617,7 @@ class _RetrievalView:
                 raise IndexError(f"{self.path}: index {i} out of range for {self._n} samples")
             with h5py.File(self.path, "r") as h5:
                 row = h5[key][:, int(i) % self._n]
-        return top_k_of_similarity(row, k)
+        return top_k_of_similarity(np.asarray(row, np.float32), k)
 
     def retrieval_ranks(self) -> dict[str, np.ndarray]:
         """``{"brain_to_image": (N,), "image_to_brain": (N,)}`` int64 full-set strict ranks (0 = top-1)."""
@@ -605,6 +698,27 @@ class SubjectResults(_RetrievalView):
         return bool(self.info["has_umap"])
 
     @property
+    def stored_strengths(self) -> list[float]:
+        """Strengths whose finals are stored, in the order of ``/finals`` (the whole grid in a full bundle)."""
+        return [float(s) for s in self.info["stored_strengths"]]
+
+    @property
+    def has_candidates(self) -> bool:
+        """Whether the K candidates at the default strength are stored (``False`` in a light bundle)."""
+        return bool(self.info["has_candidates"])
+
+    @property
+    def has_prior_samples(self) -> bool:
+        """Whether the prior's ``(N, K, T, D)`` samples are stored (``False`` in a light bundle)."""
+        return bool(self.info["has_prior_samples"])
+
+    @property
+    def is_light(self) -> bool:
+        """``True`` when finals are stored at only part of the grid, or candidates / prior samples are absent."""
+        return (len(self.stored_strengths) < len(self.strengths) or not self.has_candidates
+                or not self.has_prior_samples)
+
+    @property
     def has_ridge(self) -> bool:
         return bool(self.info["has_ridge"])
 
@@ -652,13 +766,36 @@ class SubjectResults(_RetrievalView):
             raise DataFormatError(f"strength {strength:g} not in this bundle's grid {self.strengths}")
         return keys.index(key)
 
+    def has_final(self, strength: float) -> bool:
+        """Whether finals at ``strength`` are stored (``False`` off the grid or not stored in a light bundle)."""
+        return strength_key(strength) in [strength_key(s) for s in self.stored_strengths]
+
     def finals(self, strength: float | None = None, index: Any = None) -> np.ndarray:
-        """``(N, H, W, 3)`` uint8 best-of-K reconstructions at ``strength`` (default: the default strength)."""
-        pos = self.strength_position(self.default_strength if strength is None else strength)
-        return _read(self.path, "finals", index, lead=(pos,))
+        """``(N, H, W, 3)`` uint8 best-of-K reconstructions at ``strength`` (default: the default strength).
+
+        Raises:
+            DataFormatError: ``strength`` is off the grid, or on it but not stored (a light bundle: the
+                message names the stored strengths; regenerate it live).
+        """
+        strength = self.default_strength if strength is None else strength
+        self.strength_position(strength)  # off the grid: its own message
+        stored = [strength_key(s) for s in self.stored_strengths]
+        if strength_key(strength) not in stored:
+            raise DataFormatError(
+                f"{self.path}: subject {self.name} stores no finals at strength {strength:g} (a light bundle); "
+                f"stored strengths: {self.stored_strengths}: regenerate it live")
+        return _read(self.path, "finals", index, lead=(stored.index(strength_key(strength)),))
 
     def candidates(self, index: Any = None) -> np.ndarray:
-        """``(N, K, H, W, 3)`` uint8 candidates at the default strength (``(K, H, W, 3)`` for one int)."""
+        """``(N, K, H, W, 3)`` uint8 candidates at the default strength (``(K, H, W, 3)`` for one int).
+
+        Raises:
+            DataFormatError: the bundle stores no candidates (:attr:`has_candidates` is ``False``).
+        """
+        if not self.has_candidates:
+            raise DataFormatError(
+                f"{self.path}: subject {self.name}: this bundle stores no candidate images (a light bundle): "
+                "regenerate them from the prior samples or the brain model")
         return _read(self.path, "candidates", index)
 
     def candidate_scores(self) -> np.ndarray:
@@ -670,7 +807,15 @@ class SubjectResults(_RetrievalView):
         return _read(self.path, "picked")
 
     def prior_samples(self, index: Any) -> np.ndarray:
-        """``(K, T, D)`` float16 prior samples of sample ``index`` (``(n, K, T, D)`` for several)."""
+        """``(K, T, D)`` float16 prior samples of sample ``index`` (``(n, K, T, D)`` for several).
+
+        Raises:
+            DataFormatError: the bundle stores no prior samples (:attr:`has_prior_samples` is ``False``).
+        """
+        if not self.has_prior_samples:
+            raise DataFormatError(
+                f"{self.path}: subject {self.name}: this bundle stores no prior samples (a light bundle): "
+                "sample them again from the brain model (seeds are stored)")
         return _read(self.path, "prior_samples", index)
 
     def embeddings(self, space: str) -> np.ndarray:
@@ -688,7 +833,7 @@ class SubjectResults(_RetrievalView):
 
     def __repr__(self) -> str:
         return (f"SubjectResults({self.name!r}, n_samples={self.n_samples}, n_candidates={self.n_candidates}, "
-                f"has_ridge={self.has_ridge})")
+                f"stored_strengths={self.stored_strengths}, has_ridge={self.has_ridge})")
 
 
 class ResultsBundle:
@@ -707,7 +852,7 @@ class ResultsBundle:
             stim_index = _validate_stimuli(self.stimuli_path, self.manifest["stimuli"])
             for name in self.subjects:
                 _validate_subject_file(self.root / self.manifest["subjects"][name]["file"], name,
-                                       self.manifest["subjects"][name], len(self.strengths), stim_index)
+                                       self.manifest["subjects"][name], stim_index)
 
     @property
     def world(self) -> str:
@@ -759,8 +904,10 @@ class ResultsBundle:
         return f"ResultsBundle({str(self.root)!r}, world={self.world!r}, subjects={self.subjects}, strengths={self.strengths})"
 
 
-_SUBJECT_KEYS = ("file", "n_samples", "n_candidates", "embedding_shape", "final_size", "test_mode",
-                 "has_blurry", "has_embeddings", "has_umap", "has_ridge")
+_SUBJECT_KEYS = ("file", "n_samples", "n_candidates", "stored_strengths", "has_candidates", "has_prior_samples",
+                 "embedding_shape", "final_size", "test_mode", "has_blurry", "has_embeddings", "has_umap", "has_ridge")
+_LIGHT_KEYS = ("stored_strengths", "has_candidates", "has_prior_samples")
+"""Subject keys added with light bundles (a version-2 manifest written before them lacks them)."""
 
 
 def read_results_manifest(root: str | Path) -> dict[str, Any]:
@@ -805,7 +952,14 @@ def read_results_manifest(root: str | Path) -> dict[str, Any]:
     for name, info in manifest["subjects"].items():
         for key in _SUBJECT_KEYS:
             if not isinstance(info, dict) or key not in info:
-                raise DataFormatError(f"{path}: subject {name} lacks {key!r}")
+                hint = (" (written before light bundles existed: rebuild it with `mindeye build-demo` or re-run "
+                        "the reconstruction)" if key in _LIGHT_KEYS else "")
+                raise DataFormatError(f"{path}: subject {name} lacks {key!r}{hint}")
+        for key in ("has_candidates", "has_prior_samples"):
+            if not isinstance(info[key], bool):
+                raise DataFormatError(f"{path}: subject {name}: {key!r} must be true or false, got {info[key]!r}")
+        _check_stored_strengths(strengths, manifest["default_strength"], info["stored_strengths"],
+                                f"{path}: subject {name} stored_strengths")
         if info["has_embeddings"] and "embedding_spaces" not in info:
             raise DataFormatError(f"{path}: subject {name} has embeddings but lacks 'embedding_spaces'")
         if info["has_ridge"] and "ridge" not in info:
@@ -840,24 +994,27 @@ def _validate_stimuli(path: Path, info: Mapping[str, Any]) -> np.ndarray:
     return _read(path, "image_index")
 
 
-def _validate_subject_file(path: Path, name: str, info: Mapping[str, Any], n_strengths: int,
-                           stimulus_index: np.ndarray) -> None:
+def _validate_subject_file(path: Path, name: str, info: Mapping[str, Any], stimulus_index: np.ndarray) -> None:
+    """Every dataset the manifest entry ``info`` promises, with its shape and dtype (light parts only when
+    flagged), plus the ``stimulus_row`` and ``picked`` indices."""
     n, k = int(info["n_samples"]), int(info["n_candidates"])
     t, d = (int(v) for v in info["embedding_shape"])
     h, w = (int(v) for v in info["final_size"])
-    retrieval = {"similarity": ((n, n), np.float32), "brain_to_image_rank": ((n,), np.int64),
+    retrieval = {"similarity": ((n, n), np.float16), "brain_to_image_rank": ((n,), np.int64),
                  "image_to_brain_rank": ((n,), np.int64)}
     expected: dict[str, tuple[tuple[int | None, ...], Any]] = {
         "image_index": ((n,), np.int64),
         "stimulus_row": ((n,), np.int64),
         "seed": ((n,), np.int64),
-        "finals": ((n_strengths, n, h, w, 3), np.uint8),
-        "candidates": ((n, k, h, w, 3), np.uint8),
-        "candidate_scores": ((n, k), np.float32),
-        "picked": ((n,), np.int64),
-        "prior_samples": ((n, k, t, d), np.float16),
-        **{f"retrieval/{key}": v for key, v in retrieval.items()},
+        "finals": ((len(info["stored_strengths"]), n, h, w, 3), np.uint8),
     }
+    if info["has_candidates"]:
+        expected["candidates"] = ((n, k, h, w, 3), np.uint8)
+    expected["candidate_scores"] = ((n, k), np.float32)
+    expected["picked"] = ((n,), np.int64)
+    if info["has_prior_samples"]:
+        expected["prior_samples"] = ((n, k, t, d), np.float16)
+    expected.update({f"retrieval/{key}": v for key, v in retrieval.items()})
     if info["has_blurry"]:
         expected["blurry"] = ((n, h, w, 3), np.uint8)
     if info["has_embeddings"]:

@@ -33,6 +33,7 @@ from mindeye_core.results import (
 STRENGTHS = [0.0, 0.15, 1.0]  # S = 3, default 0.15 at position 1
 N, K, T, D = 6, 3, 2, 4
 STIM_INDEX = np.arange(10) * 7 + 3  # dataset rows of the 10 test images
+F16_ATOL = 2.0**-12 + 1e-6  # float16 rounding of a cosine in [-1, 1] (half the spacing 2**-11 near 1)
 
 
 def _stimuli(size: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +106,7 @@ def test_round_trip_two_subjects(tmp_path: Path) -> None:
 
     s = b.subject("subj01")
     assert (s.n_samples, s.n_candidates, s.embedding_shape, s.final_size, s.test_mode) == (N, K, (T, D), (8, 8), "average")
+    assert s.stored_strengths == STRENGTHS and s.has_candidates and s.has_prior_samples and not s.is_light
     rows = np.searchsorted(STIM_INDEX, a1["image_index"])
     np.testing.assert_array_equal(s.image_index(), a1["image_index"])
     np.testing.assert_array_equal(s.stimulus_rows(), rows)
@@ -139,7 +141,8 @@ def test_round_trip_two_subjects(tmp_path: Path) -> None:
     want_sim = np.zeros((N, N))
     np.put_along_axis(want_sim, ref[0], ref[1], axis=1)
     assert sim.dtype == np.float32
-    np.testing.assert_allclose(sim, want_sim, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sim, want_sim, rtol=0, atol=F16_ATOL)  # stored float16, read as float32
+    assert not np.array_equal(sim, want_sim.astype(np.float32))  # really rounded (float32 would match to 1e-6)
     np.testing.assert_array_equal(s.similarity("image_to_brain"), sim.T)
     r = s.retrieval_ranks()
     np.testing.assert_array_equal(r["brain_to_image"], brute_ranks(want_sim))
@@ -161,7 +164,8 @@ def test_round_trip_two_subjects(tmp_path: Path) -> None:
     rref = brute_top_k(a1["ridge"].brain_embeddings, a1["image_embeddings"], N)
     want_r = np.zeros((N, N))
     np.put_along_axis(want_r, rref[0], rref[1], axis=1)
-    np.testing.assert_allclose(ridge_sim, want_r, rtol=1e-5, atol=1e-6)
+    assert ridge_sim.dtype == np.float32
+    np.testing.assert_allclose(ridge_sim, want_r, rtol=0, atol=F16_ATOL)
     np.testing.assert_array_equal(ridge.retrieval_ranks()["image_to_brain"], brute_ranks(want_r.T))
     np.testing.assert_array_equal(ridge.top_k(0, 2)[0], np.argsort(-ridge_sim[0], kind="stable")[:2])
 
@@ -227,7 +231,11 @@ def test_files_use_checksums_and_per_image_gzip_chunks(tmp_path: Path) -> None:
     ],
 )
 def test_writer_rejects_bad_subject(tmp_path: Path, change: Any, message: str) -> None:
-    arrays = _subject(1)
+    _expect_writer_error(tmp_path, _subject(1), change, message)
+
+
+def _expect_writer_error(tmp_path: Path, arrays: dict[str, Any], change: Any, message: str) -> None:
+    """``add_subject(**arrays)`` after ``change(arrays)`` raises ``message``, and the write aborts cleanly."""
     change(arrays)
     with ResultsWriter(tmp_path / "r", strengths=STRENGTHS, world="demo") as w:
         w.add_stimuli(*_stimuli())
@@ -349,6 +357,149 @@ def test_reader_validates_arrays(tmp_path: Path, key: str, data: np.ndarray | No
     open_results(root, validate_arrays=False)  # the manifest alone is fine
 
 
+# ------------------------------------------------------------------------------------ light bundles
+LIGHT_STORED = [1.0, 0.15]  # any order: the order of the /finals axis
+
+
+def _light(seed: int, size: int = 8, n: int = N) -> dict[str, Any]:
+    """A light subject: finals at 1.0 and 0.15 only, no candidates, no prior samples, no stored embeddings
+    (UMAP still given), flat embeddings with an explicit embedding_shape; metrics on the whole grid."""
+    a = _subject(seed, size, n)
+    finals = a["finals"][[2, 1]]
+    finals[1] = 1.0 - finals[1]  # without stored candidates nothing ties the default final to them
+    grid = {f"{s:g}": {"pixcorr": 0.1 + s} for s in STRENGTHS}
+    return dict(
+        a, finals=finals, stored_strengths=LIGHT_STORED, candidates=None, prior_samples=None,
+        brain_embeddings=a["brain_embeddings"].reshape(n, T * D), embedding_shape=(T, D), store_embeddings=False,
+        metrics={"strengths": grid, "retrieval": {"brain_to_image": 0.5}, "unavailable": {},
+                 "ridge": {"strengths": {"0.15": {"pixcorr": 0.05}}}, "ceiling": {"strengths": {"0": {"pixcorr": 0.6}}}},
+    )
+
+
+def test_light_bundle_round_trip(tmp_path: Path) -> None:
+    a = _light(1)
+    derived = dict(_minimal(_subject(2)), prior_samples=None)  # (T, D) from the 3-D brain embeddings
+    root = _write(tmp_path / "res", subjects={"subj01": a, "subj02": derived})
+    info = json.loads((root / "manifest.json").read_text())["subjects"]["subj01"]
+    assert (info["stored_strengths"], info["has_candidates"], info["has_prior_samples"]) == (LIGHT_STORED, False, False)
+    assert (info["has_embeddings"], info["has_umap"], info["embedding_shape"]) == (False, True, [T, D])
+    with h5py.File(root / "subj01.h5", "r") as h5:
+        assert "candidates" not in h5 and "prior_samples" not in h5 and "embeddings" not in h5
+        assert h5["finals"].shape == (2, N, 8, 8, 3)
+        assert h5["retrieval/similarity"].dtype == np.float16 and h5["ridge/retrieval/similarity"].dtype == np.float16
+
+    b = open_results(root)
+    s = b.subject("subj01")
+    assert s.stored_strengths == LIGHT_STORED and s.is_light and not s.has_candidates and not s.has_prior_samples
+    assert (s.n_candidates, s.embedding_shape) == (K, (T, D))
+    np.testing.assert_array_equal(s.finals(1.0), _u8(a["finals"][0]))
+    np.testing.assert_array_equal(s.finals(), _u8(a["finals"][1]))
+    np.testing.assert_array_equal(s.finals(0.15, [3, 0]), _u8(a["finals"][1][[3, 0]]))
+    assert [s.has_final(x) for x in (0.0, 0.15, 1.0, 0.5)] == [False, True, True, False]
+    with pytest.raises(DataFormatError, match=re.escape("stores no finals at strength 0 (a light bundle); "
+                                                        "stored strengths: [1.0, 0.15]: regenerate it live")):
+        s.finals(0.0, 1)
+    with pytest.raises(DataFormatError, match=r"strength 0.5 not in this bundle's grid"):
+        s.finals(0.5)
+    with pytest.raises(DataFormatError, match=r"subj01\.h5: subject subj01: this bundle stores no candidate images "
+                                              r"\(a light bundle\): regenerate them"):
+        s.candidates(0)
+    with pytest.raises(DataFormatError, match=r"subject subj01: this bundle stores no prior samples \(a light bundle\)"):
+        s.prior_samples(0)
+    with pytest.raises(DataFormatError, match="no stored 'projector' embeddings"):
+        s.embeddings("projector")
+    np.testing.assert_array_equal(s.candidate_scores(), a["candidate_scores"])
+    np.testing.assert_array_equal(s.picked(), a["candidate_scores"].argmax(1))
+    umap = s.umap()
+    assert umap is not None
+    np.testing.assert_array_equal(umap["prior"], a["umap"][3])
+    assert s.metrics["strengths"]["0"]["pixcorr"] == pytest.approx(0.1)  # metrics on the whole grid
+    assert s.metrics["ceiling"]["strengths"]["0"]["pixcorr"] == 0.6
+    np.testing.assert_array_equal(s.retrieval_ranks()["brain_to_image"],
+                                  brute_ranks(_sim64(a["brain_embeddings"], a["image_embeddings"])))
+    assert s.ridge is not None and s.ridge.similarity().shape == (N, N)
+
+    s2 = b.subject("subj02")
+    assert s2.embedding_shape == (T, D) and s2.has_candidates and not s2.has_prior_samples
+    assert s2.stored_strengths == STRENGTHS and s2.is_light and s2.has_embeddings
+    full = _write(tmp_path / "full")
+    s3 = open_results(full).subject("subj01")
+    assert s3.stored_strengths == STRENGTHS and s3.has_candidates and s3.has_prior_samples and not s3.is_light
+    assert all(s3.has_final(x) for x in STRENGTHS)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.update(stored_strengths=[0.0], finals=a["finals"][:1]),
+         r"subj01 stored_strengths: must contain the default strength 0.15, got \[0.0\]"),
+        (lambda a: a.update(stored_strengths=[0.15, 0.5]), r"subj01 stored_strengths: strength 0.5 is not on the strength grid"),
+        (lambda a: a.update(stored_strengths=[0.15, 0.15]), r"subj01 stored_strengths: duplicate strengths in \[0.15, 0.15\]"),
+        (lambda a: a.update(stored_strengths=[]), "subj01 stored_strengths: no strengths"),
+        (lambda a: a.update(stored_strengths="0.15"), "subj01 stored_strengths: expected a list of strengths"),
+        (lambda a: a.update(stored_strengths=[0.15]), r"subj01 finals: expected shape \(S=1, N=6, H, W, 3\), got \(2, 6, 8, 8, 3\)"),
+        (lambda a: a.update(embedding_shape=None),
+         r"subj01 embedding_shape: prior_samples is None and brain_embeddings are flat \(6, 8\): pass embedding_shape=\(T, D\)"),
+        (lambda a: a.update(embedding_shape=(T,)), r"subj01 embedding_shape: expected two positive ints \(T, D\), got \(2,\)"),
+        (lambda a: a.update(embedding_shape=(D, T), brain_embeddings=a["brain_embeddings"].reshape(N, T, D)),
+         r"subj01 projector embeddings: expected shape \(N=6, T=4, D=2\), got \(6, 2, 4\)"),
+        (lambda a: a.update(embedding_shape=(D, T), prior_samples=np.zeros((N, K, T, D))),
+         r"subj01 embedding_shape: \(4, 2\) disagrees with prior_samples tokens \(2, 4\)"),
+        (lambda a: a.update(candidate_scores=None), r"candidate_scores \(N, K\) are required, also without stored candidates"),
+        (lambda a: a.update(candidate_scores=a["candidate_scores"][:, :0]), "subj01 candidate_scores: need at least one candidate"),
+        (lambda a: a.update(candidates=np.zeros((N, K, 8, 8, 3), np.uint8), candidate_scores=a["candidate_scores"][:, :2]),
+         r"subj01 candidate_scores: expected shape \(N=6, K=3\), got \(6, 2\)"),
+        (lambda a: a.update(candidates=np.zeros((N, K, 8, 8, 3), np.uint8)),  # stored: the default final must match
+         r"subj01 finals: at the default strength 0.15 finals must be candidates\[i, picked\[i\]\]"),
+    ],
+)
+def test_writer_rejects_bad_light_subject(tmp_path: Path, change: Any, message: str) -> None:
+    _expect_writer_error(tmp_path, _light(1), change, message)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(has_candidates=True), r"subj01\.h5: missing dataset 'candidates'"),
+        (lambda m: m.update(has_prior_samples=True), r"subj01\.h5: missing dataset 'prior_samples'"),
+        (lambda m: m.update(stored_strengths=[1.0, 0.15, 0.0]),
+         r"subj01\.h5: dataset 'finals' has shape \(2, 6, 8, 8, 3\), expected \(3, 6, 8, 8, 3\)"),
+        (lambda m: m.update(stored_strengths=[1.0]), r"subject subj01 stored_strengths: must contain the default strength 0.15"),
+        (lambda m: m.update(stored_strengths=[0.15, 0.5]), r"subject subj01 stored_strengths: strength 0.5 is not on the strength grid"),
+        (lambda m: m.update(stored_strengths=0.15), r"subject subj01 stored_strengths: expected a list"),
+        (lambda m: m.update(has_prior_samples="no"), r"subject subj01: 'has_prior_samples' must be true or false, got 'no'"),
+        (lambda m: m.pop("stored_strengths"), r"subject subj01 lacks 'stored_strengths' \(written before light bundles existed"),
+        (lambda m: m.pop("has_candidates"), r"subject subj01 lacks 'has_candidates'"),
+    ],
+)
+def test_reader_validates_light_manifest(tmp_path: Path, edit: Any, message: str) -> None:
+    root = _write(tmp_path / "res", subjects={"subj01": _light(1)})
+    _edit_manifest(root, lambda m: edit(m["subjects"]["subj01"]))
+    with pytest.raises(DataFormatError, match=message):
+        open_results(root)
+
+
+@pytest.mark.parametrize(
+    ("key", "data", "message"),
+    [
+        ("finals", np.zeros((2, N - 1, 8, 8, 3), np.uint8), r"dataset 'finals' has shape \(2, 5, 8, 8, 3\), expected \(2, 6, 8, 8, 3\)"),
+        ("finals", np.zeros((3, N, 8, 8, 3), np.uint8), r"dataset 'finals' has shape \(3, 6, 8, 8, 3\), expected \(2, 6, 8, 8, 3\)"),
+        ("candidate_scores", np.zeros((N, K - 1), np.float32), r"dataset 'candidate_scores' has shape \(6, 2\), expected \(6, 3\)"),
+        ("retrieval/similarity", np.zeros((N, N), np.float32), "dataset 'retrieval/similarity' has dtype float32, expected float16"),
+        ("ridge/retrieval/similarity", np.zeros((N, N), np.float32),
+         "dataset 'ridge/retrieval/similarity' has dtype float32, expected float16"),
+        ("umap", np.zeros((4, N - 1, 2), np.float32), r"dataset 'umap' has shape \(4, 5, 2\), expected \(4, 6, 2\)"),
+    ],
+)
+def test_reader_validates_light_arrays(tmp_path: Path, key: str, data: np.ndarray, message: str) -> None:
+    root = _write(tmp_path / "res", subjects={"subj01": _light(1)})
+    with h5py.File(root / "subj01.h5", "a") as h5:
+        del h5[key]
+        h5[key] = data
+    with pytest.raises(DataFormatError, match=r"subj01\.h5: " + message):
+        open_results(root)
+
+
 def test_reader_validates_files(tmp_path: Path) -> None:
     root = _write(tmp_path / "res")
     with h5py.File(root / "stimuli.h5", "a") as h5:
@@ -458,6 +609,35 @@ def test_hub_round_trip_via_local_folders(tmp_path: Path, monkeypatch: pytest.Mo
         push_results_to_hub(tmp_path / "nothing", "me/x")
 
 
+def test_bundle_umap_contract_without_fitting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bundle_umap's contract (the four spaces, in UMAP_SPACES order, kwargs passed on) with a fake joint_umap;
+    the real fit is the slow test below. joint_umap's input checks run before umap-learn is imported."""
+    from mindeye_core import projection
+
+    calls: list[tuple[list[str], dict[str, Any]]] = []
+
+    def fake_joint_umap(embeddings: dict[str, Any], **kwargs: Any) -> np.ndarray:
+        calls.append((list(embeddings), kwargs))
+        n = len(next(iter(embeddings.values())))
+        return np.stack([np.full((n, 2), i, np.float32) for i in range(len(embeddings))])
+
+    monkeypatch.setattr(projection, "joint_umap", fake_joint_umap)
+    emb = {s: np.ones((N, T * D)) for s in reversed(UMAP_SPACES)}
+    out = projection.bundle_umap(emb, seed=3, n_neighbors=5)
+    assert calls == [(list(UMAP_SPACES), {"seed": 3, "n_neighbors": 5})]
+    assert out.shape == (len(UMAP_SPACES), N, 2) and out[2, 0, 0] == 2  # row 2 = "projector"
+    for bad in ({s: emb[s] for s in UMAP_SPACES[:3]}, dict(emb, extra=emb["prior"])):
+        with pytest.raises(DataFormatError, match="needs exactly the spaces"):
+            projection.bundle_umap(bad)
+    monkeypatch.undo()
+    base = np.ones((N, T * D))
+    with pytest.raises(DataFormatError, match=r"backbone embeddings have shape \(6, 3\)"):
+        projection.joint_umap({"clip_image": base, "backbone": base[:, :3]})
+    with pytest.raises(DataFormatError, match="no embedding sets given"):
+        projection.joint_umap({})
+
+
+@pytest.mark.slow  # numba compiles umap-learn for ~25 s
 def test_joint_umap_deterministic_and_shaped() -> None:
     from mindeye_core.projection import bundle_umap, joint_umap
 
@@ -470,10 +650,6 @@ def test_joint_umap_deterministic_and_shaped() -> None:
     np.testing.assert_array_equal(a, bundle_umap(emb, seed=3))  # same seed, same coordinates
     two = joint_umap({"prior": emb["prior"], "clip_image": emb["clip_image"]}, seed=3)
     assert two.shape == (2, N, 2) and not np.array_equal(two, a[[3, 0]])  # a different fit
-    with pytest.raises(DataFormatError, match="needs exactly the spaces"):
-        bundle_umap({"clip_image": base})
-    with pytest.raises(DataFormatError, match=r"backbone embeddings have shape \(6, 3\)"):
-        joint_umap({"clip_image": base, "backbone": base[:, :3]})
 
 
 # ------------------------------------------------------------------------------ evaluation + CLI (v2)
@@ -516,6 +692,25 @@ def test_evaluate_bundle_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[s
     args = parser.parse_args(["evaluate", str(tmp_path / "missing")])
     assert args.func(args) == 1
     assert "not a results bundle" in capsys.readouterr().err
+
+
+def test_evaluate_light_bundle_keeps_ridge_ceiling_and_unstored_strengths(tmp_path: Path) -> None:
+    from mindeye_core.metrics.evaluate import evaluate_bundle
+
+    root = _write(tmp_path / "res", size=32, subjects={"subj01": _light(1, size=32, n=8)})
+    before = open_results(root).subject("subj01").metrics
+    out = evaluate_bundle(root, metrics=("pixcorr", "ssim"), retrieval_kwargs={"n_draws": 2})["subj01"]
+    assert out["ridge"] == before["ridge"] and out["ceiling"] == before["ceiling"]
+    assert set(out["strengths"]) == {"1", "0.15", "0"}
+    assert out["strengths"]["0"] == before["strengths"]["0"]  # not stored: the previous number is kept
+    assert out["strengths"]["0.15"]["pixcorr"] != before["strengths"]["0.15"]["pixcorr"]  # stored: recomputed
+    assert out["protocol"]["strengths_from_previous_metrics"] == ["0"]
+    s = open_results(root).subject("subj01")
+    assert s.metrics["ceiling"] == before["ceiling"] and set(s.metrics["strengths"]["1"]) == {"pixcorr", "ssim"}
+    ranks = s.retrieval_ranks()
+    assert out["retrieval"]["full_image_to_brain"] == pytest.approx((ranks["image_to_brain"] == 0).mean())
+    with pytest.raises(DataFormatError, match="stores no finals at strength 0 "):
+        evaluate_bundle(root, metrics=("pixcorr",), strengths=[0.0], store=False)
 
 
 def tiny_clip_factory():  # used by the --extractor test below (module:factory import path)

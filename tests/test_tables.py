@@ -107,3 +107,28 @@ def test_markdown_and_csv_have_consistent_shape() -> None:
     md = to_markdown(rows, keys)
     assert all(line.count("|") == len(keys) + 3 for line in md.strip().splitlines())
     assert len(to_csv(rows, keys).strip().splitlines()) == len(rows) + 1
+
+
+def test_table1_rows_ridge_and_ceiling_entries(tmp_path: Path) -> None:
+    entry = _entry(0.0)
+    entry["ridge"] = {"strengths": {"0.15": {"pixcorr": 0.1, "ssim": 0.2}},
+                      "retrieval": {"brain_to_image": 0.25, "image_to_brain": 0.125}}
+    entry["ceiling"] = {"strengths": {"0": {"pixcorr": 0.6}, "0.15": {"pixcorr": 0.7, "clip": 0.99}},
+                        "unavailable": {"clip": "no weights"}}
+    evals = {"subj01": entry, "subj02": _entry(0.1)}
+    rows = table1_rows(evals)
+    assert [r.method for r in rows] == [
+        "Ours (mean of 2 subjects)", "Ours (subj01, strength 0.15)", "Ours (Low-Level, subj01)",
+        "Ridge (this bundle, subj01)", "Generator ceiling (subj01)", "Ours (subj02, strength 0.15)", "Ours (Low-Level, subj02)"]
+    assert rows[0].values["pixcorr"] == pytest.approx(0.35)  # the mean is over the final-model rows only
+    ridge, ceiling = rows[3].values, rows[4].values
+    assert (ridge["pixcorr"], ridge["ssim"], ridge["image_retrieval"], ridge["brain_retrieval"]) == (0.1, 0.2, 0.25, 0.125)
+    assert ridge["swav"] == "n/a"  # the subject's unavailable metrics apply when the entry has none
+    assert (ceiling["pixcorr"], ceiling["clip"], ceiling["swav"], ceiling["image_retrieval"]) == (0.7, 0.99, None, None)
+    assert table1_rows(evals, official_code_directions=True)[3].values["image_retrieval"] == 0.125
+    entry["ceiling"] = {"strengths": {}}  # empty entries give no row
+    assert "Generator ceiling (subj01)" not in [r.method for r in table1_rows(evals)]
+    md = write_tables({"subj01": entry}, tmp_path / "t")["table1_md"].read_text()
+    assert "| Ridge (this bundle, subj01) | .100 | .200 | — | — | — | — | — | n/a | 25.0% | 12.5% | this run |" in md
+    with pytest.raises(ValueError, match="subj03: no strengths evaluated"):
+        table1_rows({"subj03": {"strengths": {}}})

@@ -2,8 +2,9 @@
 
 :func:`evaluate_reconstructions` returns the eight Table-1 reconstruction metrics; metrics whose feature
 network is unavailable are reported in ``unavailable`` with the reason instead of failing.
-:func:`evaluate_bundle` evaluates every subject and strength of a results bundle, adds the retrieval
-protocol on its stored similarity matrix, and (optionally) stores the numbers back into the bundle's manifest.
+:func:`evaluate_bundle` evaluates every subject and stored strength of a results bundle, adds the retrieval
+protocol on its stored similarity matrix, and (optionally) stores the numbers back into the bundle's manifest
+(layout: ``docs/results_bundle.md``, "Metrics").
 """
 
 from __future__ import annotations
@@ -121,6 +122,25 @@ def evaluate_reconstructions(
     return result
 
 
+KEPT_ENTRIES = ("ridge", "ceiling")
+"""Entries of a subject's metrics that :func:`evaluate_bundle` keeps when it rewrites them."""
+
+
+def _keep_previous(entry: dict[str, Any], previous: Mapping[str, Any], grid: Sequence[str], stored: Sequence[str]) -> None:
+    """Copy :data:`KEPT_ENTRIES` and the numbers of grid strengths that are not stored (strength keys
+    ``grid`` / ``stored``) from a subject's ``previous`` metrics into the new ``entry``."""
+    for key in KEPT_ENTRIES:
+        if key in previous:
+            entry[key] = previous[key]
+    old = previous.get("strengths")
+    if isinstance(old, Mapping):
+        kept = [k for k in old if k in grid and k not in stored and k not in entry["strengths"]]
+        for k in kept:
+            entry["strengths"][k] = old[k]
+        if kept:
+            entry["protocol"] = dict(entry["protocol"], strengths_from_previous_metrics=kept)
+
+
 def evaluate_bundle(
     bundle: Any,
     *,
@@ -136,19 +156,25 @@ def evaluate_bundle(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate a results bundle: every subject, every strength (plus the blurry images), and retrieval.
+    """Evaluate a results bundle: every subject, every stored strength (plus the blurry images), and retrieval.
 
     Args:
         bundle: a :class:`~mindeye_core.results.ResultsBundle` or a path to one.
-        subjects, strengths: restrict the evaluation (default: all in the bundle).
+        subjects, strengths: restrict the evaluation (default: all subjects, each at its stored strengths;
+            a strength that is not stored raises :class:`~mindeye_core.errors.DataFormatError`).
         include_blurry: also evaluate the blurry (low-level only) images under the key ``"blurry"``.
         retrieval_kwargs: passed to :func:`~.retrieval.retrieval_metrics_from_similarity` (``n_draws``,
-            ``seed``...), run on the bundle's stored ``[brain, image]`` similarity matrix.
+            ``seed``...), run on the bundle's stored ``[brain, image]`` similarity matrix (float16, upcast);
+            the full-set ``full_*`` top-1 come from the stored ranks (computed in float32 by the writer).
         store: write the numbers into the bundle's manifest.
+
+    The subject's previous metrics keep their ``"ridge"`` and ``"ceiling"`` entries (this function does not
+    compute them) and, in a light bundle, their numbers for grid strengths whose finals are not stored (they
+    cannot be recomputed from the bundle; listed in ``protocol["strengths_from_previous_metrics"]``).
 
     Returns:
         subject -> ``{"strengths": {"0.15": {metric: value}}, "blurry": {...}, "retrieval": {...},
-        "unavailable": {metric: reason}, "protocol": {...}}``.
+        "unavailable": {metric: reason}, "protocol": {...}}`` plus the kept ``"ridge"`` / ``"ceiling"``.
     """
     from ..results import ResultsBundle, open_results, strength_key
 
@@ -160,7 +186,7 @@ def evaluate_bundle(
         ids = subj.image_index()
         cache: dict[str, np.ndarray] = {}
         entry: dict[str, Any] = {"strengths": {}, "unavailable": {}, "protocol": {}}
-        for s in strengths if strengths is not None else b.strengths:
+        for s in strengths if strengths is not None else subj.stored_strengths:
             res = evaluate_reconstructions(
                 subj.finals(s), gt, extractors=extractors, unavailable=unavailable, metrics=metrics,
                 paper_parity=paper_parity, recon_ids=ids, gt_ids=ids, gt_feature_cache=cache,
@@ -176,9 +202,13 @@ def evaluate_bundle(
                 paper_parity=paper_parity, gt_feature_cache=cache, batch_size=batch_size, device=device,
             )
             entry["blurry"] = res.metrics
-        entry["retrieval"] = retrieval_metrics_from_similarity(
-            subj.similarity("brain_to_image"), **dict(retrieval_kwargs or {})
-        ).to_dict()
+        sim = subj.similarity("brain_to_image")
+        retrieval = retrieval_metrics_from_similarity(sim, **dict(retrieval_kwargs or {})).to_dict()
+        for direction, stored_ranks in subj.retrieval_ranks().items():
+            retrieval[f"full_{direction}"] = float((stored_ranks == 0).mean())
+        entry["retrieval"] = retrieval
+        _keep_previous(entry, subj.metrics, [strength_key(s) for s in b.strengths],
+                       [strength_key(s) for s in subj.stored_strengths])
         if store:
             b.set_metrics(name, entry)
         out[name] = entry

@@ -164,6 +164,21 @@ def pick_strength(available: Sequence[str], wanted: float = 0.15) -> str:
     return min(available, key=lambda s: (abs(float(s) - wanted), float(s)))
 
 
+EXTRA_ENTRIES: tuple[tuple[str, str], ...] = (("ridge", "Ridge (this bundle, {subject})"),
+                                              ("ceiling", "Generator ceiling ({subject})"))
+"""Optional entries of a subject's metrics (same keys as the subject's own) and the Table 1 row they give."""
+
+
+def _entry_values(entry: Mapping[str, Any], strength: float, official_code_directions: bool,
+                  unavailable: Mapping[str, str]) -> tuple[str | None, dict[str, float | str | None]]:
+    """``(strength key used or None, column values)`` of one metrics entry (``strengths``, ``retrieval``)."""
+    strengths = entry.get("strengths") or {}
+    key = pick_strength(list(strengths), strength) if strengths else None
+    vals = _metric_values(strengths[key] if key is not None else {}, entry.get("unavailable", unavailable))
+    vals.update(_retrieval_columns(entry.get("retrieval"), official_code_directions))
+    return key, vals
+
+
 def table1_rows(
     evaluations: Mapping[str, Mapping[str, Any]],
     *,
@@ -173,21 +188,32 @@ def table1_rows(
 ) -> list[TableRow]:
     """Rows of Table 1 for each subject of an evaluated bundle (and their mean over subjects).
 
+    Per subject: the final model at ``strength``, its low-level (blurry) row when evaluated, then one row
+    per optional entry of :data:`EXTRA_ENTRIES` present in its metrics (``"ridge"``: "Ridge (this bundle,
+    subj01)"; ``"ceiling"``: "Generator ceiling (subj01)"). The mean row averages the final-model rows only.
+
     Args:
-        evaluations: subject -> the entry written by :func:`~.evaluate.evaluate_bundle`.
+        evaluations: subject -> its metrics: the entry written by :func:`~.evaluate.evaluate_bundle`
+            (``strengths``, ``blurry``, ``retrieval``, ``unavailable``, optional ``ridge`` / ``ceiling``).
         strength: which img2img strength stands for the final model (closest available is used).
     """
     rows: list[TableRow] = []
+    finals: list[TableRow] = []
     for subject, entry in evaluations.items():
-        strengths = entry.get("strengths", {})
-        key = pick_strength(list(strengths), strength)
-        vals = _metric_values(strengths[key], entry.get("unavailable", {}))
-        vals.update(_retrieval_columns(entry.get("retrieval"), official_code_directions))
-        rows.append(TableRow(f"{label} ({subject}, strength {key})", vals))
+        unavailable = entry.get("unavailable", {})
+        key, vals = _entry_values(entry, strength, official_code_directions, unavailable)
+        if key is None:
+            raise ValueError(f"{subject}: no strengths evaluated")
+        finals.append(TableRow(f"{label} ({subject}, strength {key})", vals))
+        rows.append(finals[-1])
         if entry.get("blurry"):
-            low = _metric_values(entry["blurry"], entry.get("unavailable", {}))
+            low = _metric_values(entry["blurry"], unavailable)
             rows.append(TableRow(f"{label} (Low-Level, {subject})", low))
-    finals = [r for r in rows if "Low-Level" not in r.method]
+        for name, title in EXTRA_ENTRIES:
+            extra = entry.get(name)
+            if isinstance(extra, Mapping) and (extra.get("strengths") or extra.get("retrieval")):
+                _, extra_vals = _entry_values(extra, strength, official_code_directions, unavailable)
+                rows.append(TableRow(title.format(subject=subject), extra_vals))
     if len(finals) > 1:
         mean: dict[str, float | str | None] = {}
         for k, _, _ in COLUMNS:

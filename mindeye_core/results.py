@@ -44,6 +44,7 @@ import numpy as np
 from . import __version__
 from .errors import DataFormatError, MindEyeError
 from .similarity import DIRECTIONS, as_numpy, cosine_matrix, ranks, top_k_of_similarity
+from .configfile import CLASS_KEY, VERSION_KEY, dump_versioned_config, read_versioned_config
 from .staging import discard_partial, partial_path, publish_partial, start_partial
 
 FORMAT_NAME = "mindeye-results"
@@ -135,6 +136,14 @@ def _embeddings(x: Any, name: str, n: int, t: int, d: int) -> np.ndarray:
     return _floats(a.reshape(n, t * d), name, ["N", "E"], [n, t * d])
 
 
+def _flat_rows(x: Any, name: str, n: int, e: int | None = None) -> np.ndarray:
+    """``(N, ...)`` -> ``(N, E)`` float32 (finite); ``E`` checked when given."""
+    a = as_numpy(x)
+    if a.ndim < 2 or a.shape[0] != n:
+        raise DataFormatError(f"{name}: expected ({n}, ...) embeddings, got shape {tuple(a.shape)}")
+    return _floats(a.reshape(n, -1), name, ["N", "E"], [n, e])
+
+
 def _check_stored_strengths(grid: Sequence[float], default: float, stored: Any, where: str) -> list[float]:
     """The stored strengths as grid values (their given order); the whole grid when ``stored`` is ``None``.
 
@@ -192,14 +201,20 @@ class RidgeArrays:
     """The ridge baseline of one subject, on the same N test samples (input of :meth:`ResultsWriter.add_subject`).
 
     Attributes:
-        brain_embeddings: ``(N, T, D)`` or ``(N, E)`` ridge predictions in the projector's (CLIP image) space.
+        brain_embeddings: ``(N, T, D)`` or ``(N, E)`` ridge predictions in the projector's (CLIP image) space,
+            or ``(N, E')`` in another space when ``image_embeddings`` is given.
         finals: optional ``(N, H, W, 3)`` ridge hidden tokens through the same generator, default strength.
         blurry: optional ``(N, H, W, 3)`` ridge to VAE latents, decoded.
+        image_embeddings: optional ``(N, E')`` image embeddings of the ridge's own retrieval space (e.g. the final
+            CLIP embedding, as the published ridge rows); ``None`` = the subject's ``clip_image`` space.
+        space: name of that space, stored in the manifest (``"clip_image"`` when ``image_embeddings`` is None).
     """
 
     brain_embeddings: Any
     finals: Any = None
     blurry: Any = None
+    image_embeddings: Any = None
+    space: str = "clip_image"
 
 
 def _h5_put(h5: h5py.File, key: str, data: np.ndarray, *, image_dims: int = 0, chunks: tuple[int, ...] | None = None) -> None:
@@ -321,6 +336,7 @@ class ResultsWriter:
         test_mode: str = "average",
         stored_strengths: Sequence[float] | None = None,
         embedding_shape: tuple[int, int] | None = None,
+        voxels: Any = None,
         metrics: Mapping[str, Any] | None = None,
         provenance: Mapping[str, Any] | None = None,
     ) -> None:
@@ -358,6 +374,8 @@ class ResultsWriter:
             test_mode: ``"average"`` (3-trial averages) or ``"single"``.
             stored_strengths: strengths of the ``finals`` axis, a subset of the grid that contains the default
                 strength, in any order; ``None`` = the whole grid. Metrics may still cover every grid strength.
+            voxels: optional ``(N, V)`` betas of the samples (stored float16; a light bundle's app recomputes
+                prior samples from them, so reconstruct from the float16-rounded values).
             embedding_shape: ``(T, D)`` of the prior tokens; required when ``prior_samples`` is ``None`` and
                 ``brain_embeddings`` are flat ``(N, E)``; when given it must agree with the arrays.
             metrics, provenance: JSON-serialisable mappings stored in the manifest (``metrics`` layout:
@@ -426,6 +444,7 @@ class ResultsWriter:
                   "projector": brain_embeddings, "prior": prior_embeddings}
         emb = {s: _embeddings(x, f"{p}{s} embeddings", n, t, d) for s, x in spaces.items() if x is not None}
         blur = None if blurry is None else _images(blurry, p + "blurry", ["N"], [n], size)
+        vox = None if voxels is None else _floats(voxels, p + "voxels", ["N", "V"], [n, None], np.float16)
         coords = None
         if umap is not None:
             coords = _floats(umap, p + "umap", ["4", "N", "2"], [len(UMAP_SPACES), n, 2])
@@ -435,14 +454,20 @@ class ResultsWriter:
         if ridge is not None:
             if not isinstance(ridge, RidgeArrays):
                 raise DataFormatError(f"{p}ridge: expected a RidgeArrays, got {type(ridge).__name__}")
-            r_emb = _embeddings(ridge.brain_embeddings, f"{p}ridge brain_embeddings", n, t, d)
-            for key, arr in _retrieval_arrays(r_emb, emb["clip_image"], (f"{p}ridge brain_embeddings", f"{p}clip_image embeddings")).items():
+            if ridge.image_embeddings is None:
+                r_emb = _embeddings(ridge.brain_embeddings, f"{p}ridge brain_embeddings", n, t, d)
+                r_img = emb["clip_image"]
+            else:
+                r_img = _flat_rows(ridge.image_embeddings, f"{p}ridge image_embeddings", n)
+                r_emb = _flat_rows(ridge.brain_embeddings, f"{p}ridge brain_embeddings", n, r_img.shape[1])
+            for key, arr in _retrieval_arrays(r_emb, r_img, (f"{p}ridge brain_embeddings", f"{p}ridge image embeddings")).items():
                 ridge_arrays[f"ridge/retrieval/{key}"] = arr
             if ridge.blurry is not None:
                 ridge_arrays["ridge/blurry"] = _images(ridge.blurry, p + "ridge blurry", ["N"], [n], size)
             if ridge.finals is not None:
                 ridge_arrays["ridge/finals"] = _images(ridge.finals, p + "ridge finals", ["N"], [n], size)
-            ridge_info = {"has_blurry": ridge.blurry is not None, "has_finals": ridge.finals is not None}
+            ridge_info = {"has_blurry": ridge.blurry is not None, "has_finals": ridge.finals is not None,
+                          "space": str(ridge.space if ridge.image_embeddings is not None else "clip_image")}
         spaces_stored = [s for s in UMAP_SPACES if s in emb] if store_embeddings else []
         with h5py.File(self.partial / fname, "w") as h5:
             _h5_put(h5, "image_index", index)
@@ -453,6 +478,8 @@ class ResultsWriter:
             _h5_put(h5, "finals", fin, image_dims=3)
             if cand is not None:
                 _h5_put(h5, "candidates", cand, image_dims=3)
+            if vox is not None:
+                _h5_put(h5, "voxels", vox)
             _h5_put(h5, "candidate_scores", scores)
             _h5_put(h5, "picked", pick)
             if prior is not None:
@@ -476,6 +503,8 @@ class ResultsWriter:
             "final_size": list(size),
             "test_mode": test_mode,
             "has_blurry": blur is not None,
+            "has_voxels": vox is not None,
+            "n_voxels": int(vox.shape[1]) if vox is not None else None,
             "has_embeddings": bool(spaces_stored),
             "embedding_spaces": spaces_stored,
             "has_umap": coords is not None,
@@ -506,8 +535,6 @@ class ResultsWriter:
         prov = dict(provenance or {})
         prov.setdefault("code_version", __version__)
         manifest = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
             "world": self.world,
             "dataset": self.dataset,
             "strengths": self.strengths,
@@ -518,7 +545,7 @@ class ResultsWriter:
             "stimuli": self.stimuli,
             "subjects": self.subjects,
         }
-        publish_partial(self.root, MANIFEST_NAME, json.dumps(_json_safe(manifest), indent=2) + "\n")
+        publish_partial(self.root, MANIFEST_NAME, _manifest_text(manifest))
         self._done = True
         return self.root
 
@@ -631,6 +658,8 @@ class RidgeResults(_RetrievalView):
         super().__init__(path, "ridge/", n)
         self.has_blurry = bool(info.get("has_blurry"))
         self.has_finals = bool(info.get("has_finals"))
+        self.space = str(info.get("space", "clip_image"))
+        """The ridge's retrieval space (``"clip_image"`` = the subject's; e.g. ``"clip_final"``)."""
 
     def blurry(self, index: Any = None) -> np.ndarray | None:
         """``(N, H, W, 3)`` uint8 ridge-to-VAE reconstructions (rows ``index``), or ``None``."""
@@ -683,6 +712,21 @@ class SubjectResults(_RetrievalView):
     @property
     def has_blurry(self) -> bool:
         return bool(self.info["has_blurry"])
+
+    @property
+    def has_voxels(self) -> bool:
+        """Whether the bundle stores the samples' betas (``/voxels``, float16)."""
+        return bool(self.info.get("has_voxels", False))
+
+    def voxels(self, index: Any = None) -> np.ndarray:
+        """``(N, V)`` float16 betas of the samples (rows ``index``): what the reconstruction was computed from.
+
+        Raises:
+            DataFormatError: the bundle stores no voxels.
+        """
+        if not self.has_voxels:
+            raise DataFormatError(f"{self.path}: this bundle stores no voxels of subject {self.name}")
+        return _read(self.path, "voxels", index)
 
     @property
     def has_embeddings(self) -> bool:
@@ -897,7 +941,7 @@ class ResultsBundle:
             raise DataFormatError(f"{self.root}: no subject {subject!r}")
         self.manifest["subjects"][subject]["metrics"] = _json_safe(dict(metrics))
         tmp = self.root / (MANIFEST_NAME + ".tmp")
-        tmp.write_text(json.dumps(_json_safe(self.manifest), indent=2) + "\n")
+        tmp.write_text(_manifest_text(self.manifest))
         tmp.replace(self.root / MANIFEST_NAME)
 
     def __repr__(self) -> str:
@@ -910,6 +954,12 @@ _LIGHT_KEYS = ("stored_strengths", "has_candidates", "has_prior_samples")
 """Subject keys added with light bundles (a version-2 manifest written before them lacks them)."""
 
 
+def _manifest_text(manifest: Mapping[str, Any]) -> str:
+    """The manifest's JSON through the project's one versioned-config writer (``_class`` / ``_format_version``)."""
+    body = {k: v for k, v in _json_safe(dict(manifest)).items() if k not in ("format", "version")}
+    return dump_versioned_config(FORMAT_NAME, FORMAT_VERSION, body, sort_keys=False)
+
+
 def read_results_manifest(root: str | Path) -> dict[str, Any]:
     """Read and check ``manifest.json`` of a bundle (format, version, required keys)."""
     root = Path(root)
@@ -919,20 +969,16 @@ def read_results_manifest(root: str | Path) -> dict[str, Any]:
         hint = f" ({partial} exists: the write was interrupted)" if partial.exists() else ""
         raise DataFormatError(f"not a results bundle: missing {path}{hint}")
     try:
-        manifest = json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataFormatError(f"corrupt results manifest {path}: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise DataFormatError(f"{path}: not a {FORMAT_NAME!r} manifest")
-    version = manifest.get("version")
-    if version == 1:
+    if isinstance(raw, dict) and raw.get("format", raw.get(CLASS_KEY)) == FORMAT_NAME \
+            and raw.get("version", raw.get(VERSION_KEY)) == 1:
         raise DataFormatError(f"results bundle {root} is format version 1; this code reads version {FORMAT_VERSION}: "
                               "rebuild it with `mindeye build-demo` or re-run the reconstruction")
-    if isinstance(version, int) and version > FORMAT_VERSION:
-        raise DataFormatError(f"results bundle {root} is format version {version}, newer than this code reads "
-                              f"({FORMAT_VERSION}): upgrade mindeye-explorer")
-    if version != FORMAT_VERSION:
-        raise DataFormatError(f"{path}: unknown results format version {version!r}; this code reads {FORMAT_VERSION}")
+    cfg = read_versioned_config(path, kind=FORMAT_NAME, version=FORMAT_VERSION, error=DataFormatError,
+                                what="results manifest", legacy_kind_key="format", legacy_version_key="version")
+    manifest = {**cfg.data, "format": cfg.kind, "version": cfg.version}
     for key in ("strengths", "default_strength", "stimuli", "subjects"):
         if key not in manifest:
             raise DataFormatError(f"{path}: missing key {key!r}")
@@ -1017,6 +1063,8 @@ def _validate_subject_file(path: Path, name: str, info: Mapping[str, Any], stimu
     expected.update({f"retrieval/{key}": v for key, v in retrieval.items()})
     if info["has_blurry"]:
         expected["blurry"] = ((n, h, w, 3), np.uint8)
+    if info.get("has_voxels"):
+        expected["voxels"] = ((n, int(info["n_voxels"])), np.float16)
     if info["has_embeddings"]:
         for space in info["embedding_spaces"]:
             if space not in UMAP_SPACES:

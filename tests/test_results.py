@@ -312,12 +312,16 @@ def test_reader_validates_manifest(tmp_path: Path) -> None:
         with pytest.raises(DataFormatError, match=message):
             open_results(root)
 
-    expect(lambda m: m.update(version=1), re.escape(
+    assert json.loads(good)["_class"] == "mindeye-results" and json.loads(good)["_format_version"] == 2
+    expect(lambda m: m.update(_format_version=1), re.escape(
         f"results bundle {root} is format version 1; this code reads version 2: rebuild it with "
         "`mindeye build-demo` or re-run the reconstruction"))
-    expect(lambda m: m.update(version=3), r"format version 3, newer than this code reads \(2\): upgrade")
-    expect(lambda m: m.update(version="2"), "unknown results format version '2'")
-    expect(lambda m: m.update(format="mindeye-dataset"), "not a 'mindeye-results' manifest")
+    v1 = {k: v for k, v in json.loads(good).items() if not k.startswith("_")}  # as the v1 writer wrote it
+    expect(lambda m: (m.clear(), m.update(v1, format="mindeye-results", version=1)), "is format version 1; .*rebuild")
+    expect(lambda m: m.update(_format_version=3), r"mindeye-results format version 3 is not supported \(this code "
+                                                  r"reads version 2\); it was written by a newer mindeye_core: upgrade")
+    expect(lambda m: m.update(_format_version="2"), r"format version '2' is not supported")
+    expect(lambda m: m.update(_class="mindeye-dataset"), "holds a 'mindeye-dataset' results manifest, not a 'mindeye-results' one")
     expect(lambda m: m.pop("default_strength"), "missing key 'default_strength'")
     expect(lambda m: m.update(default_strength=0.5), "default_strength 0.5 is not on the grid")
     expect(lambda m: m["subjects"]["subj01"].pop("n_candidates"), "subject subj01 lacks 'n_candidates'")
@@ -752,3 +756,27 @@ def test_training_evaluate_script(tmp_path: Path) -> None:
     assert module.main([str(root), "--metrics", "pixcorr", "ssim", "--n-draws", "2", "--out", str(tmp_path / "t")]) == 0
     assert "Ours (subj01, strength 0.15)" in (tmp_path / "t" / "table1.md").read_text()
     assert "alexnet2" not in open_results(root).subject("subj01").metrics["strengths"]["0.15"]
+
+
+def test_voxels_and_a_ridge_in_its_own_space(tmp_path: Path) -> None:
+    """Light bundles carry the samples' betas (float16) and the ridge may retrieve in another space."""
+    from mindeye_core.results import RidgeArrays
+    from mindeye_core.similarity import full_set_ranks
+
+    rng = np.random.default_rng(5)
+    a = _subject(1)
+    vox = rng.normal(size=(N, 11)).astype(np.float32)
+    pred, img = rng.normal(size=(N, 7)), rng.normal(size=(N, 7))
+    a.update(voxels=vox, ridge=RidgeArrays(brain_embeddings=pred, image_embeddings=img, space="clip_final"))
+    s = open_results(_write(tmp_path / "res", subjects={"subj01": a})).subject("subj01")
+    assert s.has_voxels and s.voxels().dtype == np.float16
+    np.testing.assert_array_equal(s.voxels([2, 0]), vox[[2, 0]].astype(np.float16))
+    assert s.ridge is not None and s.ridge.space == "clip_final"
+    want = full_set_ranks(pred, img)
+    np.testing.assert_array_equal(s.ridge.retrieval_ranks()["brain_to_image"], want["brain_to_image"])
+    with pytest.raises(DataFormatError, match=r"ridge brain_embeddings: .*shape"):
+        _write(tmp_path / "bad", subjects={"subj01": dict(a, ridge=RidgeArrays(brain_embeddings=pred[:, :5], image_embeddings=img))})
+    b = _subject(2)
+    assert not open_results(_write(tmp_path / "plain", subjects={"subj01": b})).subject("subj01").has_voxels
+    with pytest.raises(DataFormatError, match="stores no voxels"):
+        open_results(tmp_path / "plain").subject("subj01").voxels()

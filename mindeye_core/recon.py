@@ -329,12 +329,14 @@ def _load_generator(entry: str | dict[str, Any], device: str) -> Generator:
 
         return load_demo_generator(device=device)
     if isinstance(entry, str):  # a save_pretrained folder: its generator_config.json names the class
-        from .configfile import CLASS_KEY
+        from .configfile import read_versioned_config
+        from .errors import CheckpointError
         from .generators.unet_variation import GENERATOR_CONFIG
 
         try:
-            saved = json.loads((Path(entry).expanduser() / GENERATOR_CONFIG).read_text()).get(CLASS_KEY)
-        except (OSError, ValueError, AttributeError):
+            saved = read_versioned_config(Path(entry).expanduser() / GENERATOR_CONFIG, kind=None, version=1,
+                                          missing_version=1, what="generator config").kind
+        except CheckpointError:
             saved = None  # from_pretrained below names the missing or corrupt file
         cls = VersatileDiffusionGenerator if saved == VersatileDiffusionGenerator.__name__ else UNetVariationGenerator
         return cls.from_pretrained(entry, device=device)

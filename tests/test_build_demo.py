@@ -102,3 +102,16 @@ def test_cli_registers_build_demo() -> None:
     assert args.func is bda.run_from_args and args.status
     with pytest.raises(ValueError, match="STAGE.KEY=VALUE"):
         bda.main(["--override", "epochs=3", "--status"])
+
+
+def test_a_checkpoint_of_another_subject_is_refused(built: Path) -> None:
+    """subj02's models on subj01's voxels: an error naming both voxel counts, never silently wrong output."""
+    from mindeye_core.errors import DataFormatError
+    from mindeye_core.recon import Reconstructor, demo_spec
+    from mindeye_core.results import open_results
+
+    s1 = open_results(built / "assets" / "demo_results").subject("subj01")
+    brain = built / "assets" / "demo_brain" / "subj02"
+    rec = Reconstructor.from_spec(demo_spec(brain / "highlevel", brain / "lowlevel", steps=2, n_samples=2))
+    with pytest.raises(DataFormatError, match=r"expected 300 voxels.*got 320"):
+        rec.reconstruct(torch.from_numpy(s1.voxels([0]).astype(np.float32)), [0])

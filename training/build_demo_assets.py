@@ -12,9 +12,10 @@ its last checkpoint):
 2. ``lowlevel``: :mod:`training.train_lowlevel` with ``training/configs/demo_lowlevel.yaml``;
 3. ``ridge``: :mod:`training.train_ridge` with ``training/configs/demo_ridge.yaml`` (final, hidden, latents);
 4. ``recon``: the :class:`~mindeye_core.recon.Reconstructor` on the 600 shared test images (3-trial
-   averages): blurry images, best of ``n_samples`` candidates at the default strength 0.15, the finals at
-   the other grid strengths generated from the picked prior sample (a CPU-cost simplification: the paper
-   picks best-of-N at every strength), the ridge baseline's retrieval, blurry and final reconstructions,
+   averages): blurry images, best of ``n_samples`` (4) candidates at the default strength 0.15 with 10 UniPC
+   steps, the finals at the other grid strengths regenerated from the picked candidate alone (its own prior
+   sample and noise: a CPU-cost simplification, the paper picks best-of-N at every strength), the ridge
+   baseline's retrieval, blurry and final reconstructions,
    the joint UMAP, and every offline metric per strength (:func:`evaluate_subject`);
 
 then once: ``ceiling`` (the generator on the ground-truth embeddings: the reconstructions' upper bound) and
@@ -64,7 +65,7 @@ class Build:
     threads: int = 2
     progress: bool = True
     recon_batch: int = 16
-    steps: int = 20
+    steps: int = 10
     n_samples: int = 4
     overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Per training stage (``highlevel``, ``lowlevel``, ``ridge``), config values replacing the YAML's."""
@@ -272,6 +273,7 @@ def stage_recon(b: Build, subject: str) -> dict[str, Any]:
                                   strengths=[DEFAULT_STRENGTH], progress=b.progress, return_candidates=False)
     picked = out.picked[DEFAULT_STRENGTH]
     best = out.prior_samples[torch.arange(n), picked].unsqueeze(1)  # (N, 1, T, D): the picked sample
+    only_picked = picked.unsqueeze(1)  # (N, 1): regenerate the picked candidate with its own noise
     arrays: dict[str, np.ndarray] = {
         "seeds": np.asarray(seeds, np.int64), "image_index": test_rows.astype(np.int64), "voxels": voxels16,
         "blurry": _to_uint8(out.blurry), "candidate_scores": out.scores[DEFAULT_STRENGTH].numpy().astype(np.float32),
@@ -286,7 +288,8 @@ def stage_recon(b: Build, subject: str) -> dict[str, Any]:
         parts = []
         for lo in range(0, n, b.recon_batch):
             sl = slice(lo, lo + b.recon_batch)
-            parts.append(rec.regenerate(best[sl], blurry_t[sl], seeds[sl], s).candidates[:, 0])
+            parts.append(rec.regenerate(out.prior_samples[sl], blurry_t[sl], seeds[sl], s,
+                                        sample_ids=only_picked[sl]).candidates[:, 0])
         arrays[f"finals_{s:g}"] = _to_uint8(torch.cat(parts))
     hidden, final = _encoders()
     with torch.no_grad():
@@ -428,7 +431,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--recon-batch", type=int, default=16, help="trials per reconstruction batch")
-    ap.add_argument("--steps", type=int, default=20, help="generator denoising steps")
+    ap.add_argument("--steps", type=int, default=10,
+                    help="generator denoising steps (default 10: keeps the 4-subject build within 3 h on 2 CPU cores; "
+                         "the generator's own default is 20)")
     ap.add_argument("--n-samples", type=int, default=4, help="best-of-N candidates per trial")
     ap.add_argument("--override", action="append", default=[], metavar="STAGE.KEY=VALUE",
                     help="change a training config value, e.g. highlevel.epochs=2 (YAML value; repeatable)")

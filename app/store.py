@@ -385,7 +385,9 @@ class ExplorerStore:
 
     def _load_live(self, loader: Callable[[ExplorerStore], Mapping[str, Any]]) -> None:
         try:
-            self.reconstructors = dict(loader(self))
+            recs = dict(loader(self))
+            self._warm_up(recs)
+            self.reconstructors = recs
         except FileNotFoundError as exc:
             self.live_problem = f"{exc} (`mindeye build-demo` trains and writes them)"
         except (MindEyeError, OSError, ValueError, RuntimeError) as exc:
@@ -401,6 +403,16 @@ class ExplorerStore:
         if self._loading is not None:
             self._loading.join(timeout)
         return self.live
+
+    def _warm_up(self, recs: Mapping[str, Any]) -> None:
+        """One small generation, so the first slider move does not pay torch's one-off initialisation
+        (seconds on a CPU)."""
+        import torch
+
+        rec = next(iter(recs.values()), None)  # the subjects share one generator and encoder
+        if rec is not None:
+            rec.regenerate(torch.zeros(1, 1, *rec.tokens, dtype=torch.float16),
+                           torch.zeros(1, 3, rec.image_size, rec.image_size), [0], 0.5)
 
     def _default_reconstructors(self, brain_root: str | Path | None) -> dict[str, Any]:
         gen = dict(self.provenance.get("generation", {}))

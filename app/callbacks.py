@@ -155,9 +155,7 @@ class StrengthView:
 
 
 def _live_note(result: Any) -> str:
-    how = "" if result.exact else (" (prior samples drawn again from the stored backbone embeddings: this light "
-                                   "bundle keeps none, so pixels may differ slightly from the original run)")
-    return f"generated live in {result.seconds:.2f} s with the trial's seed {result.seed}{how}"
+    return f"generated live in {result.seconds:.2f} s with the trial's seed {result.seed}"
 
 
 def _why_not_live(store: ExplorerStore, subject: str) -> str:
@@ -165,7 +163,7 @@ def _why_not_live(store: ExplorerStore, subject: str) -> str:
         return "live generation is still loading, try again in a few seconds"
     if store.live_problem:
         return store.live_problem
-    return f"{subject} stores neither prior samples nor backbone embeddings to generate from"
+    return f"{subject} stores neither prior samples nor voxels to generate from"
 
 
 def strength_view(store: ExplorerStore, subject: str, trial: Any, strength: Any) -> StrengthView:
@@ -188,7 +186,8 @@ def strength_view(store: ExplorerStore, subject: str, trial: Any, strength: Any)
             raise gr.Error(f"live generation failed for {subject} trial {i} at strength {s:g}: {exc}") from exc
         final, live = result.final, True
         where = "on the grid but not stored in this light bundle" if store.on_grid(s) is not None else "off the grid"
-        note = f"Strength {s:g} ({where}): {_live_note(result)}."
+        note = (f"Strength {s:g} ({where}): candidate {result.picked} (picked at {store.default_strength:g}) "
+                f"{_live_note(result)}.")
     else:
         snapped = store.nearest_stored(subject, s)
         final = store.final(subject, i, snapped)
@@ -224,10 +223,11 @@ def candidates_view(store: ExplorerStore, subject: str, trial: Any) -> Candidate
     source = "stored in the bundle"
     if images is None and store.can_regenerate(subject):
         try:
-            result = store.regenerate(subject, i, d)
+            result = store.regenerate(subject, i, d, all_candidates=True)
         except (RuntimeError, ValueError, MindEyeError) as exc:
             raise gr.Error(f"regenerating the candidates of {subject} trial {i} failed: {exc}") from exc
-        images, scores, picked = result.candidates, result.scores, result.picked
+        images, picked = result.candidates, result.picked
+        scores = scores if result.scores is None else result.scores
         source = f"{_live_note(result)} (this light bundle stores no candidate images)"
     if images is None:
         return CandidatesView([], f"This light bundle stores no candidate images for {subject} "

@@ -4,7 +4,8 @@ One :class:`ExplorerStore` is built at start-up and shared by every user session
 after :meth:`ExplorerStore.open` returns (generation runs under a lock; the models are frozen). On the
 demo world it holds one :class:`~mindeye_core.recon.Reconstructor` per subject (the shipped tiny CLIP,
 generator and VAE, the trained brain models of ``assets/demo_brain``), so moving the strength slider
-regenerates a trial's best-of-K final from its stored prior samples and seed, exactly as the bundle did.
+regenerates a trial's final from its prior samples (stored, or drawn again from its stored voxels) and
+seed, exactly as the bundle's build did.
 Callbacks (:mod:`app.callbacks`) read it through the small surface below; per-user state (subject, trial,
 strength, tab) lives in the page's components.
 
@@ -24,6 +25,7 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -63,6 +65,8 @@ BUILD_HINT = (
     "assets/demo_results), or point the app at a bundle folder or a Hub dataset repo id with "
     f"`mindeye app --results PATH_OR_REPO` (or ${ENV_RESULTS})."
 )
+MEMO_TRIALS = 16
+"""Trials whose prior samples (recomputed from voxels in a light bundle) are kept for the next slider move."""
 STIMULI_CACHE_BYTES = 256 * 2**20
 """The test images are held in memory when they take at most this much (the demo world's: 7 MB)."""
 ENV_DEMO_BRAIN = "MINDEYE_DEMO_BRAIN"
@@ -78,6 +82,7 @@ class SubjectReader(Protocol):
     stored_strengths: list[float]
     has_candidates: bool
     has_prior_samples: bool
+    has_voxels: bool
     embedding_spaces: list[str]
 
     def ground_truth(self, index: Any = None) -> np.ndarray: ...
@@ -88,6 +93,7 @@ class SubjectReader(Protocol):
     def picked(self) -> np.ndarray: ...
     def seeds(self) -> np.ndarray: ...
     def stimulus_rows(self) -> np.ndarray: ...
+    def voxels(self, index: Any = None) -> np.ndarray: ...
     def prior_samples(self, index: Any) -> np.ndarray: ...
     def embeddings(self, space: str) -> np.ndarray: ...
     def umap(self) -> Mapping[str, np.ndarray] | None: ...
@@ -223,7 +229,8 @@ class SubjectCache:
         metrics: the manifest's metrics block of the subject.
         stored_strengths: strengths whose finals the bundle stores (the whole grid unless it is light).
         has_candidates / has_prior_samples: what a light bundle may leave out.
-        has_backbone: the backbone embeddings are stored (prior samples can be drawn again from them).
+        has_voxels: the betas are stored (a light bundle's prior samples are drawn again from them).
+        has_projector: the projector embeddings are stored (else they are recomputed from the voxels).
     """
 
     name: str
@@ -243,7 +250,8 @@ class SubjectCache:
     stored_strengths: list[float]
     has_candidates: bool
     has_prior_samples: bool
-    has_backbone: bool
+    has_voxels: bool
+    has_projector: bool
     ridge: Any = None
 
     @classmethod
@@ -265,7 +273,7 @@ class SubjectCache:
             ridge_similarity=r_sim, ridge_ranks=r_ranks, metrics=dict(reader.metrics or {}),
             has_blurry=bool(info.get("has_blurry")), stored_strengths=[float(x) for x in reader.stored_strengths],
             has_candidates=bool(reader.has_candidates), has_prior_samples=bool(reader.has_prior_samples),
-            has_backbone="backbone" in reader.embedding_spaces, ridge=ridge,
+            has_voxels=bool(reader.has_voxels), has_projector="projector" in reader.embedding_spaces, ridge=ridge,
         )
 
     def stored(self, strength: float) -> float | None:
@@ -280,26 +288,24 @@ class SubjectCache:
 
 @dataclass(frozen=True)
 class LiveResult:
-    """One live regeneration (best of the trial's K candidates, rescored at the new strength).
+    """One live regeneration of a trial at one strength.
 
     Attributes:
-        final: ``(H, W, 3)`` uint8 picked candidate.
-        candidates: ``(K, H, W, 3)`` uint8.
-        scores: ``(K,)`` cosine(CLIP(candidate), projector output).
-        picked: index of the final among the candidates.
+        final: ``(H, W, 3)`` uint8 final reconstruction.
+        candidates: ``(K, H, W, 3)`` uint8 all K candidates (``all_candidates=True``), else ``(1, H, W, 3)``:
+            just the picked one.
+        scores: ``(K,)`` cosine(CLIP(candidate), projector output), or ``None`` when not rescored.
+        picked: the candidate the final is (index into the trial's K candidates).
         seconds: wall time of the generation.
         seed: the trial's seed.
-        exact: from the stored prior samples (the bundle's pixels); ``False`` when a light bundle's prior
-            samples were drawn again from its float16 backbone embeddings (close, not bit-identical).
     """
 
     final: np.ndarray
     candidates: np.ndarray
-    scores: np.ndarray
+    scores: np.ndarray | None
     picked: int
     seconds: float
     seed: int
-    exact: bool = True
 
 
 def _to_uint8_hwc(images: Any) -> np.ndarray:
@@ -330,6 +336,7 @@ class ExplorerStore:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loading: threading.Thread | None = None
     _stimuli: np.ndarray | None = None
+    _memo: OrderedDict[tuple[str, int], Any] = field(default_factory=OrderedDict)
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -433,9 +440,9 @@ class ExplorerStore:
         return bool(self._subjects) and all(self.can_regenerate(s) for s in self._subjects)
 
     def can_regenerate(self, subject: str) -> bool:
-        """``subject`` has a reconstructor and stored prior samples (or backbone embeddings to draw them)."""
+        """``subject`` has a reconstructor and stored prior samples (or voxels to draw them again)."""
         cache = self.subject(subject)
-        return subject in self.reconstructors and (cache.has_prior_samples or cache.has_backbone)
+        return subject in self.reconstructors and (cache.has_prior_samples or cache.has_voxels)
 
     @property
     def subjects(self) -> list[str]:
@@ -516,9 +523,41 @@ class ExplorerStore:
         return png_data_url(self.seen(subject, int(index)))
 
     # ---------------------------------------------------------------- live generation
-    def regenerate(self, subject: str, index: int, strength: float) -> LiveResult:
-        """Sample ``index``'s best-of-K final at any ``strength`` from its stored prior samples, blurry image
-        and seed (``Reconstructor.regenerate``: the bundle's pixels on its grid).
+    def _trial_inputs(self, subject: str, i: int) -> tuple[Any, Any]:
+        """``(prior_samples (1, K, T, D) float16, projector (1, E) float32 or None)`` of trial ``i``: stored, or
+        (light bundle) recomputed from its float16 voxels exactly as the reconstruction did (brain model ->
+        backbone and projector -> the prior's K samples with the trial's seed). Memoised for recent trials."""
+        import torch
+
+        key = (subject, i)
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
+        cache, rec = self.subject(subject), self.reconstructors[subject]
+        prior = projector = None
+        if cache.has_prior_samples:
+            prior = torch.from_numpy(np.asarray(cache.reader.prior_samples(i)))[None]
+        if cache.has_voxels:  # the float32 projector (and backbone) exactly as the reconstruction computed them
+            v = torch.from_numpy(np.asarray(cache.reader.voxels(i), np.float16).astype(np.float32))[None]
+            with torch.no_grad():
+                backbone, projector = rec.brain_model(v.to(rec.device))
+            projector = projector.float().cpu()
+            if prior is None:
+                prior = rec.sample_prior(backbone, [int(cache.seeds[i])])
+        elif cache.has_projector:
+            projector = torch.from_numpy(np.asarray(cache.reader.embeddings("projector")[i], np.float32))[None]
+        self._memo[key] = (prior, projector)
+        while len(self._memo) > MEMO_TRIALS:
+            self._memo.popitem(last=False)
+        return prior, projector
+
+    def regenerate(self, subject: str, index: int, strength: float, *, all_candidates: bool = False) -> LiveResult:
+        """Trial ``index`` at any ``strength`` with its own seed, through ``Reconstructor.regenerate``.
+
+        By default the candidate picked at the default strength is regenerated alone (its own prior sample and
+        noise): how the demo build computes the finals at the other grid strengths, so on the grid it gives
+        the bundle's pixels, and off it the slider moves smoothly. ``all_candidates=True`` regenerates all K
+        and picks the best by CLIP score against the projector output (the candidates view).
 
         Raises:
             RuntimeError: live generation is off (:attr:`live_problem` says why) or the subject has no blurry
@@ -528,7 +567,7 @@ class ExplorerStore:
         rec = self.reconstructors.get(subject)
         if rec is None or not self.can_regenerate(subject):
             why = self.live_problem or (f"no model for {subject}" if rec is None else
-                                        f"{subject} stores neither prior samples nor backbone embeddings")
+                                        f"{subject} stores neither prior samples nor voxels")
             raise RuntimeError(f"live generation is unavailable: {why}")
         import torch
 
@@ -537,17 +576,18 @@ class ExplorerStore:
         if blurry is None and float(strength) > 0:
             raise RuntimeError(f"{subject} has no blurry reconstructions to start img2img from")
         init = None if blurry is None else torch.from_numpy(blurry).permute(2, 0, 1)[None].contiguous()
-        projector = torch.from_numpy(np.asarray(cache.reader.embeddings("projector")[i], np.float32))[None]
-        seed = int(cache.seeds[i])
+        seed, picked = int(cache.seeds[i]), int(cache.picked[i])
         t0 = time.perf_counter()
         with self._lock:
-            if cache.has_prior_samples:
-                prior = torch.from_numpy(np.asarray(cache.reader.prior_samples(i)))[None]  # (1, K, T, D) float16
-            else:  # a light bundle: draw the K prior samples again from the stored backbone tokens
-                backbone = np.asarray(cache.reader.embeddings("backbone")[i], np.float32).reshape(rec.tokens)
-                prior = rec.sample_prior(torch.from_numpy(backbone)[None], [seed])
-            out = rec.regenerate(prior, init, [seed], float(strength), projector=projector)
+            prior, projector = self._trial_inputs(subject, i)
+            if all_candidates:
+                out = rec.regenerate(prior, init, [seed], float(strength), projector=projector)
+            else:
+                out = rec.regenerate(prior[:, picked:picked + 1], init, [seed], float(strength), sample_ids=[[picked]])
         seconds = time.perf_counter() - t0
-        return LiveResult(final=_to_uint8_hwc(out.finals[0]), candidates=_to_uint8_hwc(out.candidates[0]),
-                          scores=out.scores[0].numpy(), picked=int(out.picked[0]), seconds=seconds, seed=seed,
-                          exact=cache.has_prior_samples)
+        candidates = _to_uint8_hwc(out.candidates[0])
+        if out.picked is not None:
+            picked = int(out.picked[0])
+        final = candidates[picked] if all_candidates else candidates[0]
+        scores = None if out.scores is None else out.scores[0].numpy()
+        return LiveResult(final=final, candidates=candidates, scores=scores, picked=picked, seconds=seconds, seed=seed)

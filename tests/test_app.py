@@ -49,7 +49,8 @@ def write_test_bundle(root: Path, *, subjects: tuple[str, ...] = SUBJECTS, n: in
                       steps: int = STEPS, seed: int = 0, light: bool = False) -> Path:
     """A format-2 bundle of ``subjects`` (``n`` samples, ``k`` candidates, tokens 65 x 128, random 64 x 64
     images, the default strength grid, ridge, UMAP; live generation at ``steps``). ``light``: finals at
-    0.15 and 0.5 only, no candidate images, no prior samples (backbone embeddings instead).
+    0.15 and 0.5 only, no candidate images, no prior samples, no embeddings, float16 voxels (20 per sample,
+    the tiny brain models' input) instead.
     ``benchmarks/bench_app.py --synthetic`` uses it too."""
     rng = np.random.default_rng(seed)
     with ResultsWriter(root, world="demo", dataset="test-bundle") as w:
@@ -67,8 +68,8 @@ def write_test_bundle(root: Path, *, subjects: tuple[str, ...] = SUBJECTS, n: in
             extra: dict[str, Any] = {}
             if light:
                 finals, cand, prior = finals[[default, strengths.index(0.5)]], None, None
-                extra = dict(stored_strengths=[0.15, 0.5], embedding_shape=(T, D),
-                             backbone_embeddings=rng.standard_normal((n, T, D)).astype(np.float32))
+                extra = dict(stored_strengths=[0.15, 0.5], embedding_shape=(T, D), store_embeddings=False,
+                             voxels=rng.standard_normal((n, 20)).astype(np.float16))
             w.add_subject(
                 name, image_index=stim_index[rng.permutation(n)] if s_i else stim_index,
                 seeds=np.arange(n) + 1000 * s_i, finals=finals, candidates=cand, candidate_scores=scores,
@@ -296,18 +297,21 @@ def test_strength_on_grid_is_precomputed_off_grid_is_live(store: ExplorerStore, 
     live = cb.strength_view(store, "subj01", 2, 0.42)
     assert live.live and live.strength == 0.42 and "generated live" in live.note and "seed 2" in live.note
     assert live.final.shape == (SIZE, SIZE, 3) and live.final.dtype == np.uint8
-    # the same pixels as the library's Reconstructor.regenerate on the stored arrays and seed
+    picked = int(s.picked()[2])
+    assert f"candidate {picked} (picked at 0.15)" in live.note
+    # the same pixels as the library's Reconstructor.regenerate of the picked candidate, stored arrays and seed
     import torch
 
     rec = store.reconstructors["subj01"]
-    out = rec.regenerate(torch.from_numpy(s.prior_samples(2))[None], torch.from_numpy(s.blurry(2)).permute(2, 0, 1)[None],
-                         [int(s.seeds()[2])], 0.42,
-                         projector=torch.from_numpy(s.embeddings("projector")[2].astype(np.float32))[None])
-    expected = (out.finals[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    np.testing.assert_array_equal(live.final, expected)
+    prior, blurry = torch.from_numpy(s.prior_samples(2))[None], torch.from_numpy(s.blurry(2)).permute(2, 0, 1)[None]
+    out = rec.regenerate(prior[:, picked:picked + 1], blurry, [int(s.seeds()[2])], 0.42, sample_ids=[[picked]])
+    np.testing.assert_array_equal(live.final, (out.candidates[0, 0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
     again = store.regenerate("subj01", 2, 0.42)
     np.testing.assert_array_equal(again.final, live.final)
-    assert again.candidates.shape == (K, SIZE, SIZE, 3) and again.picked == int(np.argmax(again.scores))
+    assert again.candidates.shape == (1, SIZE, SIZE, 3) and again.picked == picked and again.scores is None
+    full = store.regenerate("subj01", 2, 0.42, all_candidates=True)  # best of K at this strength
+    assert full.candidates.shape == (K, SIZE, SIZE, 3) and full.picked == int(np.argmax(full.scores))
+    np.testing.assert_array_equal(full.candidates[picked], live.final)  # each candidate keeps its own noise
 
 
 def test_strength_snaps_to_the_grid_without_live_generation(still_store: ExplorerStore, reader: Any) -> None:
@@ -351,12 +355,23 @@ def test_light_bundle_generates_what_it_does_not_store(tmp_path: Path, store: Ex
     np.testing.assert_array_equal(v.final, reader.finals(0.5, 3))
     v = cb.strength_view(st, "subj01", 3, 0.3)  # on the grid, not stored
     assert v.live and v.strength == 0.3 and "not stored in this light bundle" in v.note
-    assert "drawn again from the stored backbone" in v.note
+    # prior samples drawn again from the stored voxels, as the reconstruction did
+    import torch
+
+    rec = store.reconstructors["subj01"]
+    seed, picked = int(reader.seeds()[3]), int(reader.picked()[3])
+    backbone, projector = rec.brain_model(torch.from_numpy(reader.voxels(3).astype(np.float32))[None])
+    prior = rec.sample_prior(backbone, [seed])
+    blurry = torch.from_numpy(reader.blurry(3)).permute(2, 0, 1)[None]
+    want = rec.regenerate(prior[:, picked:picked + 1], blurry, [seed], 0.3, sample_ids=[[picked]]).candidates[0, 0]
+    np.testing.assert_array_equal(v.final, (want.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
     c = cb.candidates_view(st, "subj01", 3)
     assert len(c.items) == K and "stores no candidate images" in c.note and "generated live" in c.note
-    again = st.regenerate("subj01", 3, 0.15)
-    np.testing.assert_array_equal(again.candidates[0], c.items[0][0])  # deterministic from the seed
-    assert not again.exact
+    best = rec.regenerate(prior, blurry, [seed], 0.15, projector=projector)
+    assert f"candidate {int(best.picked[0])} was picked" in c.note
+    for k, (img, caption) in enumerate(c.items):
+        np.testing.assert_array_equal(img, (best.candidates[0, k].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+        assert f"CLIP {float(best.scores[0, k]):.3f}" in caption
 
     still = ExplorerStore.open(root, live=False)
     v = cb.strength_view(still, "subj01", 3, 0.3)

@@ -32,6 +32,7 @@ from mindeye_core.metrics.tables import (
     TableRow,
     ReferenceRow,
     format_value,
+    pick_strength,
     table1_rows,
     table5_rows,
 )
@@ -341,71 +342,113 @@ def thumbnail(store: ExplorerStore, subject: str, trial: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------ metrics
-def _metrics_entry(metrics: Mapping[str, Any], model: str) -> dict[str, Any] | None:
-    entry = metrics.get(model)
-    if not isinstance(entry, Mapping) or not entry.get("strengths") and not entry.get("retrieval"):
+EXTRA_METRIC_NAMES = {"tinyclip_2way": "tiny-CLIP 2-way"}
+"""Headers of metrics a bundle may carry beyond the paper's columns (e.g. the demo world's stand-in for CLIP)."""
+
+
+def _metrics_entry(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A subject's metrics (docs/results_bundle.md "Metrics": MindEye's entry with optional ``ridge`` and
+    ``ceiling`` entries of the same shape), or ``None`` when it holds no numbers."""
+    if not isinstance(metrics, Mapping) or not metrics.get("strengths") and not metrics.get("retrieval"):
         return None
-    out = dict(entry)
-    out.setdefault("unavailable", metrics.get("unavailable", {}))
-    out.setdefault("strengths", {})
+    out = dict(metrics)
+    out["strengths"] = dict(out.get("strengths") or {})
     return out
+
+
+def _at(entry: Mapping[str, Any] | None, strength: float) -> Mapping[str, Any]:
+    """An entry's metric values at the stored strength nearest ``strength`` (empty when none)."""
+    per = (entry or {}).get("strengths") or {}
+    return per[pick_strength(list(per), strength)] if per else {}
+
+
+def _extra_keys(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Numeric metric keys the entries carry beyond the paper's columns, in first-seen order."""
+    known = {c[0] for c in COLUMNS}
+    keys: list[str] = []
+    for entry in entries:
+        for values in [*entry.get("strengths", {}).values(), entry.get("blurry") or {}]:
+            for k, v in (values.items() if isinstance(values, Mapping) else ()):
+                if k not in known and k not in keys and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    keys.append(k)
+    return keys
+
+
+def _format(key: str, value: Any) -> str:
+    if key in EXTRA_METRIC_NAMES or key not in _METRIC_NAMES:
+        if isinstance(value, (int, float)) and "2way" in key:
+            return f"{100.0 * value:.1f}%"
+    return format_value(key, value)
 
 
 def _frame(rows: Sequence[TableRow | ReferenceRow], keys: Sequence[str], first: str) -> pd.DataFrame:
     heads = {key: f"{head} {'↑' if up else '↓'}" for key, head, up in COLUMNS}
-    records = [[r.method, *[format_value(k, r.values.get(k)) for k in keys], r.source] for r in rows]
+    heads.update({k: EXTRA_METRIC_NAMES.get(k, k) for k in keys if k not in heads})
+    records = [[r.method, *[_format(k, r.values.get(k)) for k in keys], r.source] for r in rows]
     return pd.DataFrame(records, columns=[first, *[heads[k] for k in keys], "Source"])
 
 
 def metrics_tables(store: ExplorerStore, subject: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Table 1 shape (MindEye, ridge, the paper's NSD rows for scale) and Table 5 shape (per strength)."""
+    """Table 1 shape (MindEye, its low-level images, ridge, the generator ceiling, the paper's NSD rows for
+    scale) and Table 5 shape (per strength); metrics the bundle adds beyond the paper's (``tinyclip_2way``)
+    get their own columns."""
     subject = check_subject(store, subject)
-    metrics = store.subject(subject).metrics
-    keys = [c[0] for c in COLUMNS]
-    rows: list[TableRow | ReferenceRow] = []
+    entry = _metrics_entry(store.subject(subject).metrics)
     source = f"{store.world} bundle"
-    for model, label in (("mindeye", "MindEye"), ("ridge", "Ridge")):
-        entry = _metrics_entry(metrics, model)
-        if entry is not None:
-            for row in table1_rows({subject: entry}, strength=store.default_strength, label=label):
-                rows.append(TableRow(row.method, row.values, source))
-    if not rows:
-        rows.append(TableRow(f"{subject}: no metrics in the bundle", {}, source))
-    rows += [r for r in TABLE1_REFERENCE if r.method == "MindEye"] + [TABLE7_SUBJ01]
-    table1 = _frame(rows, keys, "Method")
-    entry = _metrics_entry(metrics, "mindeye")
+    rows: list[TableRow | ReferenceRow] = []
     rows5: list[TableRow | ReferenceRow] = []
-    if entry is not None:
-        rows5 = [TableRow(r.method, r.values, source) for r in table5_rows(entry, subject=subject, label="MindEye")]
+    extra: list[str] = []
+    if entry is None:
+        rows.append(TableRow(f"{subject}: no metrics in the bundle", {}, source))
+    else:
+        parts = [entry] + [e for k in ("ridge", "ceiling") if isinstance(e := entry.get(k), Mapping)]
+        extra = _extra_keys(parts)
+        d = store.default_strength
+        values_of = {"MindEye (Low-": entry.get("blurry") or {}, "Ridge": _at(entry.get("ridge"), d),
+                     "Generator ceiling": _at(entry.get("ceiling"), d), "MindEye": _at(entry, d)}
+        for row in table1_rows({subject: entry}, strength=d, label="MindEye"):
+            at = next(v for prefix, v in values_of.items() if row.method.startswith(prefix))
+            rows.append(TableRow(row.method, {**row.values, **{k: at.get(k) for k in extra}}, source))
+        for row in table5_rows(entry, subject=subject, label="MindEye"):
+            at = entry["strengths"].get(row.method.rsplit(" ", 1)[-1], {})
+            rows5.append(TableRow(row.method, {**row.values, **{k: at.get(k) for k in extra}}, source))
+    rows += [r for r in TABLE1_REFERENCE if r.method == "MindEye"] + [TABLE7_SUBJ01]
     rows5 += list(TABLE5_REFERENCE.values())
-    return table1, _frame(rows5, TABLE5_KEYS, "Img2Img strength")
+    return (_frame(rows, [c[0] for c in COLUMNS] + extra, "Method"),
+            _frame(rows5, [*TABLE5_KEYS, *extra], "Img2Img strength"))
 
 
 def metrics_chart(store: ExplorerStore, subject: str, strength: float) -> dict[str, Any]:
-    """Plotly figure dict: each Table 5 metric against strength (small multiples), ``strength`` marked
-    by a vertical line in every panel; the paper's subject-1 values dotted for scale."""
-    entry = _metrics_entry(store.subject(subject).metrics, "mindeye") or {"strengths": {}}
-    by_strength = {float(k): v for k, v in entry["strengths"].items()}
+    """Plotly figure dict: each metric the bundle has against strength (small multiples), ``strength``
+    marked by a vertical line in every panel; the paper's subject-1 values (Table 5) dotted for scale."""
+    entry = _metrics_entry(store.subject(subject).metrics) or {"strengths": {}}
+    by_strength = {float(k): v for k, v in entry["strengths"].items() if isinstance(v, Mapping)}
     xs = sorted(by_strength)
+    keys = [k for k in [*TABLE5_KEYS, *_extra_keys([entry])]
+            if any(isinstance(by_strength[x].get(k), (int, float)) for x in xs)] or list(TABLE5_KEYS)
+    cols = min(4, len(keys))
+    rows = math.ceil(len(keys) / cols)
     data: list[dict[str, Any]] = []
-    layout: dict[str, Any] = {"grid": {"rows": 2, "columns": 4, "pattern": "independent"}, "showlegend": False,
-                              "height": 420, "margin": {"l": 40, "r": 10, "t": 40, "b": 40}, "shapes": [],
+    layout: dict[str, Any] = {"grid": {"rows": rows, "columns": cols, "pattern": "independent"}, "showlegend": False,
+                              "height": 220 * rows, "margin": {"l": 40, "r": 10, "t": 40, "b": 40}, "shapes": [],
                               "annotations": [], "meta": {"subject": subject, "strength": float(strength)}}
     ref_x = sorted(TABLE5_REFERENCE)
-    for p, key in enumerate(TABLE5_KEYS):
+    for p, key in enumerate(keys):
         ax = "" if p == 0 else str(p + 1)
-        ys = [by_strength[x].get(key) if isinstance(by_strength[x], Mapping) else None for x in xs]
+        ys = [by_strength[x].get(key) for x in xs]
         data.append({"type": "scatter", "mode": "lines+markers", "name": f"{subject} {key}", "x": xs, "y": ys,
                      "xaxis": f"x{ax}", "yaxis": f"y{ax}", "line": {"color": "#4c78a8"}})
-        data.append({"type": "scatter", "mode": "lines", "name": f"paper subj01 {key}", "x": ref_x,
-                     "y": [TABLE5_REFERENCE[x].values.get(key) for x in ref_x], "xaxis": f"x{ax}",
-                     "yaxis": f"y{ax}", "line": {"color": "#aaa", "dash": "dot"}})
-        layout[f"xaxis{ax}"] = {"range": [-0.05, 1.05], "title": {"text": "strength"} if p >= 4 else {}}
+        if key in TABLE5_KEYS:
+            data.append({"type": "scatter", "mode": "lines", "name": f"paper subj01 {key}", "x": ref_x,
+                         "y": [TABLE5_REFERENCE[x].values.get(key) for x in ref_x], "xaxis": f"x{ax}",
+                         "yaxis": f"y{ax}", "line": {"color": "#aaa", "dash": "dot"}})
+        layout[f"xaxis{ax}"] = {"range": [-0.05, 1.05], "title": {"text": "strength"} if p >= len(keys) - cols else {}}
         layout[f"yaxis{ax}"] = {}
         layout["shapes"].append({"type": "line", "xref": f"x{ax}", "yref": f"y{ax} domain", "x0": float(strength),
                                  "x1": float(strength), "y0": 0, "y1": 1, "line": {"color": "#e4002b", "width": 2}})
-        layout["annotations"].append({"text": f"<b>{_METRIC_NAMES[key]}</b>", "showarrow": False,
-                                      "xref": f"x{ax} domain", "yref": f"y{ax} domain", "x": 0.5, "y": 1.12})
+        name = _METRIC_NAMES.get(key) or EXTRA_METRIC_NAMES.get(key, key)
+        layout["annotations"].append({"text": f"<b>{name}</b>", "showarrow": False, "xref": f"x{ax} domain",
+                                      "yref": f"y{ax} domain", "x": 0.5, "y": 1.12})
     return {"data": data, "layout": layout}
 
 

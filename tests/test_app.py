@@ -39,14 +39,14 @@ STEPS = 4
 def _metrics(rng: np.random.Generator, strengths: list[float]) -> dict[str, Any]:
     keys = ("pixcorr", "ssim", "alexnet2", "alexnet5", "inception", "clip", "effnet", "swav")
     per = {f"{s:g}": {k: float(rng.uniform(0.1, 0.9)) for k in keys} for s in strengths}
-    return {"mindeye": {"strengths": per, "retrieval": {"brain_to_image": 0.75, "image_to_brain": 0.5}},
+    return {"strengths": per, "retrieval": {"brain_to_image": 0.75, "image_to_brain": 0.5}, "unavailable": {},
             "ridge": {"strengths": {"0.15": {k: 0.2 for k in keys}},
-                      "retrieval": {"brain_to_image": 0.25, "image_to_brain": 0.125}},
-            "unavailable": {}}
+                      "retrieval": {"brain_to_image": 0.25, "image_to_brain": 0.125}}}
 
 
 def write_test_bundle(root: Path, *, subjects: tuple[str, ...] = SUBJECTS, n: int = N, k: int = K,
-                      steps: int = STEPS, seed: int = 0, light: bool = False) -> Path:
+                      steps: int = STEPS, seed: int = 0, light: bool = False,
+                      metrics: dict[str, Any] | None = None) -> Path:
     """A format-2 bundle of ``subjects`` (``n`` samples, ``k`` candidates, tokens 65 x 128, random 64 x 64
     images, the default strength grid, ridge, UMAP; live generation at ``steps``). ``light``: finals at
     0.15 and 0.5 only, no candidate images, no prior samples, no embeddings, float16 voxels (20 per sample,
@@ -81,7 +81,7 @@ def write_test_bundle(root: Path, *, subjects: tuple[str, ...] = SUBJECTS, n: in
                 ridge=RidgeArrays(brain_embeddings=clip + 4 * rng.standard_normal((n, T, D)).astype(np.float32),
                                   finals=rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8),
                                   blurry=rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)),
-                metrics=_metrics(rng, strengths),
+                metrics=_metrics(rng, strengths) if metrics is None else metrics,
             )
         w.finalize(provenance={"seed": seed, "generation": {"steps": steps, "guidance": 3.0, "n_candidates": k},
                                "generator": {"name": "tiny-generator"}})
@@ -384,11 +384,11 @@ def test_light_bundle_generates_what_it_does_not_store(tmp_path: Path, store: Ex
 def test_metrics_tables_have_the_paper_shape(store: ExplorerStore, reader: Any) -> None:
     t1, t5 = cb.metrics_tables(store, "subj01")
     methods = t1["Method"].tolist()
-    assert methods[0].startswith("MindEye (subj01, strength 0.15)") and methods[1].startswith("Ridge (subj01")
+    assert methods[0] == "MindEye (subj01, strength 0.15)" and methods[1] == "Ridge (this bundle, subj01)"
     assert "MindEye" in methods and "MindEye (Subj 1)" in methods  # the paper's NSD rows for scale
     assert list(t1.columns[1:11]) == ["PixCorr ↑", "SSIM ↑", "Alex(2) ↑", "Alex(5) ↑", "Incep ↑", "CLIP ↑",
                                       "Eff ↓", "SwAV ↓", "Image ↑", "Brain ↑"]
-    pix = reader.subject("subj01").metrics["mindeye"]["strengths"]["0.15"]["pixcorr"]
+    pix = reader.subject("subj01").metrics["strengths"]["0.15"]["pixcorr"]
     assert t1.iloc[0]["PixCorr ↑"] == f"{pix:.3f}".replace("0.", ".", 1)
     assert t1.iloc[0]["Image ↑"] == "75.0%" and t1.iloc[1]["Brain ↑"] == "12.5%"
     assert t1.iloc[methods.index("MindEye")]["Image ↑"] == "93.6%"
@@ -397,11 +397,38 @@ def test_metrics_tables_have_the_paper_shape(store: ExplorerStore, reader: Any) 
     assert "0.15 (MindEye default)" in t5["Img2Img strength"].tolist()
 
 
+def test_metrics_in_the_demo_builds_layout(tmp_path: Path) -> None:
+    """MindEye's metrics at the top level, extra columns (tiny-CLIP 2-way), ridge and ceiling blocks."""
+    per = {f"{s:g}": {"pixcorr": 0.2 + s / 10, "ssim": 0.3, "tinyclip_2way": 0.9 - s / 10}
+           for s in (0.0, 0.15, 0.3, 0.5, 0.7, 1.0)}
+    metrics = {"strengths": per, "blurry": {"pixcorr": 0.4, "ssim": 0.5, "tinyclip_2way": 0.6},
+               "retrieval": {"brain_to_image": 0.5, "image_to_brain": 0.25},
+               "unavailable": {m: "not shipped" for m in ("alexnet2", "alexnet5", "inception", "clip", "effnet", "swav")},
+               "ridge": {"strengths": {"0.15": {"pixcorr": 0.1, "ssim": 0.2, "tinyclip_2way": 0.7}},
+                         "retrieval": {"brain_to_image": 0.125, "image_to_brain": 0.0625}},
+               "ceiling": {"strengths": {"0": {"pixcorr": 0.6, "ssim": 0.6, "tinyclip_2way": 0.99}}}}
+    st = ExplorerStore.open(write_test_bundle(tmp_path / "b", subjects=("subj01",), metrics=metrics), live=False)
+    t1, t5 = cb.metrics_tables(st, "subj01")
+    methods = t1["Method"].tolist()
+    assert methods[:4] == ["MindEye (subj01, strength 0.15)", "MindEye (Low-Level, subj01)",
+                           "Ridge (this bundle, subj01)", "Generator ceiling (subj01)"]
+    assert t1.columns[-2] == "tiny-CLIP 2-way" and t1.iloc[0]["tiny-CLIP 2-way"] == "88.5%"
+    assert t1.iloc[1]["tiny-CLIP 2-way"] == "60.0%" and t1.iloc[2]["Image ↑"] == "12.5%"
+    assert t1.iloc[2]["tiny-CLIP 2-way"] == "70.0%" and t1.iloc[3]["tiny-CLIP 2-way"] == "99.0%"
+    assert t1.iloc[0]["Alex(2) ↑"] == "n/a" and t1.iloc[0]["PixCorr ↑"] == ".215"
+    assert t1.iloc[methods.index("MindEye")]["tiny-CLIP 2-way"] == "—"
+    assert t5.iloc[0]["Img2Img strength"] == "MindEye subj01 1" and t5.iloc[0]["tiny-CLIP 2-way"] == "80.0%"
+    fig = cb.metrics_chart(st, "subj01", 0.3)
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert titles == ["<b>PixCorr</b>", "<b>SSIM</b>", "<b>tiny-CLIP 2-way</b>"]  # only what the bundle has
+    assert len(fig["layout"]["shapes"]) == 3
+
+
 def test_metrics_chart_marks_the_strength(store: ExplorerStore, reader: Any) -> None:
     fig = cb.metrics_chart(store, "subj01", 0.3)
     assert len(fig["layout"]["shapes"]) == 8 and all(s["x0"] == s["x1"] == 0.3 for s in fig["layout"]["shapes"])
     ours = fig["data"][0]
-    per = reader.subject("subj01").metrics["mindeye"]["strengths"]
+    per = reader.subject("subj01").metrics["strengths"]
     assert ours["x"] == [0.0, 0.15, 0.3, 0.5, 0.7, 1.0]
     assert ours["y"] == [per[f"{s:g}"]["pixcorr"] for s in ours["x"]]
     assert cb.strength_view(store, "subj01", 0, 0.5).chart["layout"]["meta"]["strength"] == 0.5

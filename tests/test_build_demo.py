@@ -115,3 +115,12 @@ def test_a_checkpoint_of_another_subject_is_refused(built: Path) -> None:
     rec = Reconstructor.from_spec(demo_spec(brain / "highlevel", brain / "lowlevel", steps=2, n_samples=2))
     with pytest.raises(DataFormatError, match=r"expected 300 voxels.*got 320"):
         rec.reconstruct(torch.from_numpy(s1.voxels([0]).astype(np.float32)), [0])
+
+
+def test_demo_report_tables(built: Path) -> None:
+    from training.demo_report import report
+
+    text = report(built / "assets" / "demo_results")
+    for needle in ("| MindEye (subj01) |", "| Ridge baseline (subj02) |", "MindEye, mean of subjects",
+                   "Generator ceiling", "NSD, paper: MindEye", "0.15 (MindEye default)", "| subj01/highlevel |"):
+        assert needle in text, needle

@@ -97,13 +97,19 @@ class Build:
         self._report_update(subject, stage, info)
 
     def _report_update(self, subject: str | None, stage: str, info: dict[str, Any]) -> None:
+        """Rewrite ``demo_brain/build_report.json`` from every done marker (safe with builds running in parallel)."""
         self.brain_dir.mkdir(parents=True, exist_ok=True)
+        report: dict[str, Any] = {"stages": {}, "machine": {"torch_threads": self.threads, "torch": torch.__version__}}
+        for marker in sorted(self.work.glob("**/*.done.json")):
+            rel = marker.relative_to(self.work)
+            key = f"{rel.parent.as_posix()}/{marker.name[:-len('.done.json')]}" if rel.parent != Path(".") \
+                else marker.name[:-len(".done.json")]
+            data = json.loads(marker.read_text())
+            report["stages"][key] = {k: v for k, v in data.items() if k in ("seconds", "metrics", "summary")}
         path = self.brain_dir / "build_report.json"
-        report = json.loads(path.read_text()) if path.is_file() else {"stages": {}}
-        key = f"{subject}/{stage}" if subject else stage
-        report["stages"][key] = {k: v for k, v in info.items() if k in ("seconds", "metrics", "summary")}
-        report["machine"] = {"torch_threads": self.threads, "torch": torch.__version__}
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(path)
 
 
 def _subject_number(subject: str) -> int:

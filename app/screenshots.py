@@ -77,8 +77,10 @@ def take_screenshots(url: str, out: str | Path, *, subject: str | None = None, t
                 expect(page.locator("#final img")).to_have_count(1, timeout=30_000)
                 page.wait_for_function("() => Array.from(document.images).filter(i => i.offsetParent !== null "
                                        "&& i.getAttribute('src')).every(i => i.complete)", timeout=30_000)
+                page.set_viewport_size({"width": width, "height": 800})  # full_page then takes the content height
                 path = out / name
                 page.screenshot(path=str(path), full_page=True)
+                page.set_viewport_size({"width": width, "height": 2000})
                 paths.append(path)
         finally:
             browser.close()

@@ -20,7 +20,8 @@ from gradio.components.plot import PlotData  # noqa: E402
 from . import callbacks as cb  # noqa: E402
 from .store import ExplorerStore  # noqa: E402
 
-__all__ = ["GENERATE_CONCURRENCY", "QUEUE_MAX_SIZE", "build_demo", "launch_app", "launch_kwargs", "plotly_js_path"]
+__all__ = ["GENERATE_CONCURRENCY", "QUEUE_MAX_SIZE", "build_demo", "free_port", "launch_app", "launch_kwargs",
+           "plotly_js_path"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 GENERATE_CONCURRENCY = 1
@@ -313,6 +314,15 @@ def build_demo(store: ExplorerStore) -> gr.Blocks:
         _wire(p, store, demo)
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=BROWSE_CONCURRENCY)
     return demo
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (for tests and tools that launch the app)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def launch_kwargs() -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,12 +41,6 @@ def launch_browser(playwright: Any, executable: str = CHROMIUM) -> Any:
     """Headless chromium from ``executable`` with the flags that make it run as root in a container."""
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     return playwright.chromium.launch(executable_path=executable, headless=True, args=list(CHROMIUM_ARGS))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def take_screenshots(url: str, out: str | Path, *, subject: str | None = None, trial: int = 0,
@@ -99,12 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = browser_problem()
     if problem:
         raise SystemExit(f"cannot take screenshots: {problem}")
-    from .layout import build_demo, launch_kwargs
+    from .layout import build_demo, free_port, launch_kwargs
     from .store import ExplorerStore
 
     store = ExplorerStore.open(args.results)
     demo = build_demo(store)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             **launch_kwargs())
     try:
         if not store.ready:

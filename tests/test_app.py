@@ -13,7 +13,6 @@ import io
 import json
 import random
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ gr = pytest.importorskip("gradio")
 from mindeye_core.results import RidgeArrays, ResultsWriter, open_results  # noqa: E402
 
 from app import callbacks as cb  # noqa: E402
-from app.layout import build_demo, launch_kwargs  # noqa: E402
+from app.layout import build_demo, free_port, launch_kwargs  # noqa: E402
 from app.store import ExplorerStore, open_bundle  # noqa: E402
 
 N, K, T, D, SIZE = 12, 3, 65, 128, 64
@@ -499,16 +498,10 @@ def test_cli_registers_app_without_importing_it() -> None:
 
 
 # ------------------------------------------------------------------------------------ gradio_client
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(store: ExplorerStore) -> Any:
     demo = build_demo(store)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             **launch_kwargs())
     try:
         yield url

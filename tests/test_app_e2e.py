@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,16 +33,13 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def app_url(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from app.layout import build_demo, launch_kwargs
+    from app.layout import build_demo, free_port, launch_kwargs
     from app.store import ExplorerStore
 
     store = ExplorerStore.open(bundle, brain_root=save_test_brains(tmp_path_factory.mktemp("e2e_brains")))
     assert store.live, store.live_problem
     demo = build_demo(store)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             **launch_kwargs())
     try:
         yield url.rstrip("/")

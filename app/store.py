@@ -352,7 +352,8 @@ class ExplorerStore:
         Args:
             source: bundle folder or Hub dataset repo id; default :func:`default_results_source`.
             revision: pinned Hub revision (see :func:`open_bundle`).
-            live: ``False`` never generates; ``None`` (default) generates on the demo world only.
+            live: ``False`` never generates; ``None`` (default) generates on the demo world only; ``True``
+                tries whatever the bundle's world (with ``live_loader`` for models other than the demo's).
             brain_root: folder of ``<subject>/{highlevel,lowlevel}`` (default :func:`default_brain_root`).
             live_loader: ``live_loader(store) -> {subject: Reconstructor}`` replacing the default
                 (:func:`load_demo_reconstructors` with the bundle's generation settings).

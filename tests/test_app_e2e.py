@@ -111,6 +111,8 @@ def test_browse_subject_trial_slider_and_umap(page: Any, app_url: str, bundle: P
     np.testing.assert_array_equal(_png(page, "#blurry img"), s.blurry(5))
     np.testing.assert_array_equal(_png(page, "#final img"), s.finals(0.15, 5))
     expect(page.locator("#candidates")).to_contain_text("✓ picked", timeout=TIMEOUT)
+    expect(page.locator("#compare img")).to_have_count(2, timeout=TIMEOUT)  # seen | final before/after slider
+    np.testing.assert_array_equal(_png(page, "#compare img"), s.ground_truth(5))
     expect(page.locator("#ridge-final img")).to_have_count(1, timeout=TIMEOUT)
 
     # move the slider (its number box, released by leaving it): on the grid -> precomputed

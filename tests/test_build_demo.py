@@ -71,7 +71,7 @@ def test_bundle_is_complete_and_valid(built: Path) -> None:
 def test_resume_skips_finished_stages_and_status_reports(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = (built / "assets" / "demo_brain" / "subj01" / "highlevel" / "model.safetensors").stat().st_mtime_ns
     argv = ["--out", str(built / "assets"), "--work", str(built / "work"), "--world", str(built / "world"),
-            "--subjects", "subj01", "--stages", "highlevel", "lowlevel", "--no-progress"]
+            "--subjects", "subj01", "--stages", "highlevel", "lowlevel", "--threads", "1", "--no-progress"]
     assert bda.main(argv) == 0
     out = capsys.readouterr().out
     assert "subj01 highlevel: done (skip)" in out and "subj01 lowlevel: done (skip)" in out
@@ -85,14 +85,19 @@ def test_live_regeneration_reproduces_the_bundle(built: Path) -> None:
     from mindeye_core.recon import Reconstructor, demo_spec
     from mindeye_core.results import open_results
 
-    s = open_results(built / "assets" / "demo_results").subject("subj02")
+    torch.set_num_threads(1)  # the build ran with --threads 1: CPU kernels round differently per thread count
+    bundle = open_results(built / "assets" / "demo_results")
+    assert bundle.provenance["generation"]["torch_threads"] == 1
+    s = bundle.subject("subj02")
     brain = built / "assets" / "demo_brain" / "subj02"
     rec = Reconstructor.from_spec(demo_spec(brain / "highlevel", brain / "lowlevel", steps=2, n_samples=2))
-    i = [3, 17]
-    out = rec.reconstruct(torch.from_numpy(s.voxels(i).astype(np.float32)), s.seeds()[i].tolist(), strengths=[0.15])
-    got = (out.finals[0.15].permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
-    assert np.array_equal(got, s.finals(0.15, i))
-    assert np.array_equal(out.picked[0.15].numpy(), s.picked()[i])
+    for i in (3, 17):  # one trial at a time, as the app does
+        out = rec.reconstruct(torch.from_numpy(s.voxels([i]).astype(np.float32)), [int(s.seeds()[i])], strengths=[0.15])
+        got = (out.finals[0.15].permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        assert np.array_equal(got[0], s.finals(0.15, i))
+        assert int(out.picked[0.15][0]) == int(s.picked()[i])
+        blurry = (out.blurry.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        assert np.array_equal(blurry[0], s.blurry(i))
 
 
 def test_cli_registers_build_demo() -> None:

@@ -275,7 +275,9 @@ def stage_recon(b: Build, subject: str) -> dict[str, Any]:
     seeds = [_subject_number(subject) * SEED_BASE + i for i in range(n)]
     brain = b.brain_dir / subject
     rec = Reconstructor.from_spec(demo_spec(brain / "highlevel", brain / "lowlevel", steps=b.steps, n_samples=b.n_samples))
-    out = rec.reconstruct_dataset(torch.from_numpy(voxels), seeds, batch_size=b.recon_batch,
+    # one trial per call: the brain model, the low-level model and the prior then run on exactly the shapes the
+    # app uses when it recomputes a single trial live, so the stored pixels are what the app regenerates, bit for bit
+    out = rec.reconstruct_dataset(torch.from_numpy(voxels), seeds, batch_size=1,
                                   strengths=[DEFAULT_STRENGTH], progress=b.progress, return_candidates=False)
     picked = out.picked[DEFAULT_STRENGTH]
     best = out.prior_samples[torch.arange(n), picked].unsqueeze(1)  # (N, 1, T, D): the picked sample
@@ -294,8 +296,7 @@ def stage_recon(b: Build, subject: str) -> dict[str, Any]:
         parts = []
         for lo in range(0, n, b.recon_batch):
             sl = slice(lo, lo + b.recon_batch)
-            parts.append(rec.regenerate(out.prior_samples[sl], blurry_t[sl], seeds[sl], s,
-                                        sample_ids=only_picked[sl]).candidates[:, 0])
+            parts.append(rec.regenerate(best[sl], blurry_t[sl], seeds[sl], s, sample_ids=only_picked[sl]).candidates[:, 0])
         arrays[f"finals_{s:g}"] = _to_uint8(torch.cat(parts))
     hidden, final = _encoders()
     with torch.no_grad():
@@ -350,7 +351,10 @@ def stage_bundle(b: Build, subjects: Sequence[str]) -> dict[str, Any]:
     provenance = {"seed": 0, "seed_rule": f"trial i of subjNN: NN * {SEED_BASE} + i",
                   "encoder": {"name": hidden.name, "sha256": weight_hash(hidden)},
                   "generator": {"name": "tiny-generator", "sha256": weight_hash(gen.unet)},
-                  "generation": {"steps": b.steps, "guidance": gen.default_guidance, "n_candidates": b.n_samples},
+                  "generation": {"steps": b.steps, "guidance": gen.default_guidance, "n_candidates": b.n_samples,
+                                 "torch_threads": b.threads,
+                                 "exactness": "live regeneration of one trial reproduces the stored pixels bit for bit "
+                                              "with the same torch thread count on the same kind of CPU"},
                   "dataset_manifest_sha256": dataset_fingerprint(b.world)}
     with ResultsWriter(b.results_dir, strengths=STRENGTHS, default_strength=DEFAULT_STRENGTH, world="demo",
                        dataset=ds.name, overwrite=True) as w:

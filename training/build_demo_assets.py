@@ -127,7 +127,6 @@ def _load_yaml_config(b: Build, stage: str, cls: type, name: str, **fixed: Any) 
 
 def _ship_model(src: Path, dst: Path) -> None:
     """Copy an exported ConfigModule folder as float16 weights (``config.json`` + ``model.safetensors``)."""
-    from mindeye_core.io import ConfigModule  # noqa: F401  (documents the format)
     from safetensors.torch import load_file, save_file
 
     tmp = dst.with_name(dst.name + ".partial")

@@ -44,7 +44,10 @@ from mindeye_core.errors import CheckpointError, MindEyeError
 
 __all__ = [
     "RunState",
+    "main_for",
+    "start_run",
     "TrainingDiverged",
+    "check_run_options",
     "Trainer",
     "config_from_argv",
     "epoch_order",
@@ -178,6 +181,18 @@ def config_from_argv(cls: type[C], argv: Sequence[str] | None, *, description: s
                 raise ValueError(f"--{f.name.replace('_', '-')}: expected JSON, got {v!r}: {exc}") from exc
         values[f.name] = _coerce(v, tp, f.name, "command line")
     return cls(**values), ns
+
+
+def check_run_options(cfg: Any) -> None:
+    """Validate the options every training config shares (epochs, batch, accumulation, lr, budgets)."""
+    for name in ("epochs", "batch_size", "grad_accum", "eval_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.max_lr > 0 or not math.isfinite(cfg.max_lr):
+        raise ValueError(f"max_lr must be a positive number, got {cfg.max_lr}")
+    for name in ("max_minutes", "ckpt_every", "threads", "max_train_images"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:
@@ -350,6 +365,46 @@ class Trainer:
         self.print(f"resumed from {ckpts[-1]} at step {self._progress.step}")
         return int(self._progress.step)
 
+    # ------------------------------------------------------------------------------ shared steps
+    def steps_per_epoch(self, n_images: int, batch_size: int, grad_accum: int) -> int:
+        """Optimizer steps per epoch: ``n_images // (batch_size x grad_accum x processes)`` (at least 1)."""
+        world = self.accelerator.num_processes
+        per_step = batch_size * grad_accum * world
+        steps = n_images // per_step
+        if steps < 1:
+            raise ValueError(f"{n_images} training images are fewer than one optimizer step's {per_step} samples "
+                             f"(batch_size {batch_size} x grad_accum {grad_accum} x {world} processes)")
+        return steps
+
+    def epoch_rows(self, image_trials: Sequence[np.ndarray], epoch: int, skip: int, *, batch_size: int,
+                   grad_accum: int, steps_per_epoch: int) -> Iterator[np.ndarray]:
+        """This process's trial rows of every micro-batch of ``epoch`` (:func:`epoch_order`), the first ``skip``
+        optimizer steps left out (resume mid-epoch). Each micro-batch of ``batch_size x processes`` rows is split
+        by process rank."""
+        order = epoch_order(image_trials, self.seed, epoch)
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        micro = batch_size * world
+        for m in range(skip * grad_accum, steps_per_epoch * grad_accum):
+            yield order[m * micro:(m + 1) * micro][rank * batch_size:(rank + 1) * batch_size]
+
+    def optimize(self, objective: torch.nn.Module, optimizer: Any, scheduler: Any,
+                 compute: typing.Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """One micro-batch: ``compute()`` under autocast inside ``accumulate``, then backward, optimizer step and
+        (when the gradients were synced) one LR-scheduler step. A non-finite loss is returned untouched (no
+        backward) for :meth:`run`'s NaN guard."""
+        acc = self.accelerator
+        with acc.accumulate(objective):
+            with acc.autocast():
+                losses = compute()
+            if not bool(torch.isfinite(losses["loss"].detach())):
+                return losses
+            acc.backward(losses["loss"])
+            optimizer.step()
+            if acc.sync_gradients:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        return losses
+
     # ------------------------------------------------------------------------------------ loop
     def run(
         self,
@@ -478,3 +533,26 @@ def read_log(path: str | Path) -> list[dict[str, float]]:
     """Rows of a run's ``log.csv`` as floats (empty cells -> NaN)."""
     with Path(path).open(newline="") as fh:
         return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def start_run(cfg: Any, kind: str, resume: bool) -> Trainer:
+    """Threads, run folder (refusing to overwrite a run without ``resume``), the :class:`Trainer`, ``config.yaml``."""
+    from training.data import check_resume, default_out
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out) if cfg.out else default_out(kind, cfg.subject)
+    check_resume(out, cfg, resume)
+    trainer = Trainer(out, precision=cfg.precision, grad_accum=cfg.grad_accum, device=cfg.device, seed=cfg.seed,
+                      ckpt_every=cfg.ckpt_every, max_minutes=cfg.max_minutes, progress=cfg.progress)
+    if trainer.is_main:
+        save_config(cfg, out / "config.yaml")
+    return trainer
+
+
+def main_for(cls: type, train_fn: typing.Callable[..., dict[str, Any]], argv: Sequence[str] | None, doc: str) -> int:
+    """The command line of a training script: ``--config`` / flags -> ``train_fn(cfg, resume=...)`` -> exit code."""
+    cfg, ns = config_from_argv(cls, argv, description=doc.splitlines()[0],
+                               extra=[("--resume", {"action": "store_true", "help": "continue from the newest checkpoint in --out"})])
+    summary = train_fn(cfg, resume=ns.resume)
+    return 0 if summary.get("finished") or summary.get("stopped_by_time") else 1

@@ -65,8 +65,7 @@ class TargetCache:
                 raise CheckpointError(f"target cache {self.path} was computed for another encoder or dataset ({detail}); "
                                       "delete it or point MINDEYE_CACHE elsewhere")
         if not self.path.is_file() or not self.done_path.is_file():
-            arr = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float16, shape=(self.n_images, *self.target_shape))
-            del arr
+            np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float16, shape=(self.n_images, *self.target_shape)).flush()
             np.save(self.done_path, np.zeros(self.n_images, dtype=bool))
             self.meta_path.write_text(json.dumps(self.key, indent=2) + "\n")
         self._array = np.load(self.path, mmap_mode="r+")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -35,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.data import check_resume, default_out, load_encoder, load_subject, resolve_dataset
-from training.engine import RunState, Trainer, config_from_argv, epoch_order, save_config
+from training.data import load_encoder, load_subject, resolve_dataset
+from training.engine import RunState, check_run_options, main_for, start_run
 
 LOSSES = ("bimixco_softclip", "softclip", "mse")
 
@@ -76,17 +75,11 @@ class HighLevelConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        for name in ("epochs", "batch_size", "grad_accum", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.max_lr > 0 or not np.isfinite(self.max_lr):
-            raise ValueError(f"max_lr must be a positive number, got {self.max_lr}")
+        check_run_options(self)
         if not 0 <= self.mixup_pct <= 1:
             raise ValueError(f"mixup_pct must be in [0, 1], got {self.mixup_pct}")
         if self.prior_weight < 0 or not np.isfinite(self.prior_weight):
             raise ValueError(f"prior_weight must be >= 0, got {self.prior_weight}")
-        if self.max_minutes < 0 or self.ckpt_every < 0 or self.threads < 0 or self.max_train_images < 0:
-            raise ValueError("max_minutes, ckpt_every, threads and max_train_images must be >= 0")
 
 
 def as_tokens(t: torch.Tensor, n_tokens: int, dim: int) -> torch.Tensor:
@@ -151,14 +144,8 @@ def train(cfg: HighLevelConfig, *, resume: bool = False) -> dict[str, Any]:
 
     from training.targets import dataset_fingerprint, weight_hash
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out) if cfg.out else default_out("highlevel", cfg.subject)
-    check_resume(out, cfg, resume)
-    trainer = Trainer(out, precision=cfg.precision, grad_accum=cfg.grad_accum, device=cfg.device, seed=cfg.seed,
-                      ckpt_every=cfg.ckpt_every, max_minutes=cfg.max_minutes, progress=cfg.progress)
-    if trainer.is_main:
-        save_config(cfg, out / "config.yaml")
+    trainer = start_run(cfg, "highlevel", resume)
+    out = trainer.out
     root = resolve_dataset(cfg.dataset, progress=cfg.progress)
     ds = open_dataset(root)
     encoder = load_encoder(cfg.encoder, cfg.encoder_source, device=trainer.device)
@@ -173,13 +160,9 @@ def train(cfg: HighLevelConfig, *, resume: bool = False) -> dict[str, Any]:
     encoder.check_target_shape(expected, consumer=f"model {cfg.model} ({n_tokens} x {dim} tokens)")
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    world = trainer.accelerator.num_processes
-    per_step = cfg.batch_size * cfg.grad_accum * world
     n_images = len(data.image_trials)
-    steps_per_epoch = n_images // per_step
-    if steps_per_epoch < 1:
-        raise ValueError(f"{n_images} training images are fewer than one optimizer step's {per_step} samples "
-                         f"(batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {world} processes)")
+    steps_per_epoch = trainer.steps_per_epoch(n_images, cfg.batch_size, cfg.grad_accum)
+    world = trainer.accelerator.num_processes
     schedule = TrainingSchedule(steps_per_epoch=steps_per_epoch, num_epochs=cfg.epochs,
                                 mixup_pct=0.0 if cfg.loss != "bimixco_softclip" else cfg.mixup_pct,
                                 prior_weight=cfg.prior_weight, max_lr=cfg.max_lr,
@@ -191,30 +174,18 @@ def train(cfg: HighLevelConfig, *, resume: bool = False) -> dict[str, Any]:
     trainer.accelerator.register_for_checkpointing(scheduler)
     start = trainer.resume() if resume else 0
     acc = trainer.accelerator
-    rank = acc.process_index
 
     def batches(epoch: int, skip: int):
-        order = epoch_order(data.image_trials, cfg.seed, epoch)
-        micro = cfg.batch_size * world
-        for m in range(skip * cfg.grad_accum, steps_per_epoch * cfg.grad_accum):
-            rows = order[m * micro:(m + 1) * micro][rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
-            rows_t = torch.from_numpy(rows)
-            yield (data.train_voxels[rows_t].to(acc.device),
-                   as_tokens(train_targets[torch.from_numpy(data.trial_image[rows])].float(), n_tokens, dim).to(acc.device))
+        for rows in trainer.epoch_rows(data.image_trials, epoch, skip, batch_size=cfg.batch_size,
+                                       grad_accum=cfg.grad_accum, steps_per_epoch=steps_per_epoch):
+            targets = train_targets[torch.from_numpy(data.trial_image[rows])].float()
+            yield data.train_voxels[torch.from_numpy(rows)].to(acc.device), as_tokens(targets, n_tokens, dim).to(acc.device)
 
     def step_fn(batch: Any, state: RunState) -> dict[str, torch.Tensor]:
         voxels, targets = batch
         plan = schedule.at(state.epoch, min(state.step_in_epoch, steps_per_epoch - 1))
-        with acc.accumulate(objective):
-            with acc.autocast():
-                losses = objective(voxels, targets, plan, trainer.generator)
-            if not bool(torch.isfinite(losses["loss"].detach())):
-                return {k: v.detach() for k, v in losses.items() if v.ndim == 0}
-            acc.backward(losses["loss"])
-            optimizer.step()
-            if acc.sync_gradients:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        losses = trainer.optimize(objective, optimizer, scheduler,
+                                  lambda: objective(voxels, targets, plan, trainer.generator))
         scalars = {k: v.detach().float() for k, v in losses.items() if k in ("loss", "contrastive", "prior")}
         scalars["lr"] = torch.tensor(scheduler.get_last_lr()[0])
         scalars["temperature"] = torch.tensor(plan.temperature)
@@ -252,10 +223,7 @@ def train(cfg: HighLevelConfig, *, resume: bool = False) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg, ns = config_from_argv(HighLevelConfig, argv, description=__doc__.splitlines()[0],
-                               extra=[("--resume", {"action": "store_true", "help": "continue from the newest checkpoint in --out"})])
-    summary = train(cfg, resume=ns.resume)
-    return 0 if summary.get("finished") or summary.get("stopped_by_time") else 1
+    return main_for(HighLevelConfig, train, argv, __doc__)
 
 
 if __name__ == "__main__":

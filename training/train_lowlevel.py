@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -38,8 +37,8 @@ import torch.nn.functional as F
 
 from mindeye_core.encoders import ImageEncoder
 
-from training.data import check_resume, default_out, load_subject, resolve_dataset
-from training.engine import RunState, Trainer, config_from_argv, epoch_order, save_config
+from training.data import load_subject, resolve_dataset
+from training.engine import RunState, check_run_options, main_for, start_run
 
 TEACHERS = ("demo-clip-patches", "vicregl-hub", "vicregl-checkpoint", "none")
 
@@ -110,11 +109,7 @@ class LowLevelConfig:
     def __post_init__(self) -> None:
         if self.teacher not in TEACHERS:
             raise ValueError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
-        for name in ("epochs", "batch_size", "grad_accum", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.max_lr > 0 or not np.isfinite(self.max_lr):
-            raise ValueError(f"max_lr must be a positive number, got {self.max_lr}")
+        check_run_options(self)
         if self.cont_weight < 0 or not self.cont_temperature > 0:
             raise ValueError("cont_weight must be >= 0 and cont_temperature > 0")
 
@@ -188,14 +183,8 @@ def train(cfg: LowLevelConfig, *, resume: bool = False) -> dict[str, Any]:
     if cfg.teacher.startswith("vicregl"):
         raise NotImplementedError("on-the-fly VICRegL teachers need a GPU box with the VICRegL weights: "
                                   "not wired into this script yet; use teacher: none or demo-clip-patches")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out) if cfg.out else default_out("lowlevel", cfg.subject)
-    check_resume(out, cfg, resume)
-    trainer = Trainer(out, precision=cfg.precision, grad_accum=cfg.grad_accum, device=cfg.device, seed=cfg.seed,
-                      ckpt_every=cfg.ckpt_every, max_minutes=cfg.max_minutes, progress=cfg.progress)
-    if trainer.is_main:
-        save_config(cfg, out / "config.yaml")
+    trainer = start_run(cfg, "lowlevel", resume)
+    out = trainer.out
     root = resolve_dataset(cfg.dataset, progress=cfg.progress)
     ds = open_dataset(root)
     vae = load_vae(cfg.vae, device=trainer.device)
@@ -213,12 +202,8 @@ def train(cfg: LowLevelConfig, *, resume: bool = False) -> dict[str, Any]:
         teachers["teacher"].check_target_shape(want, consumer=f"the low-level projector {want}")
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    world = trainer.accelerator.num_processes
-    per_step = cfg.batch_size * cfg.grad_accum * world
     n_images = len(data.image_trials)
-    steps_per_epoch = n_images // per_step
-    if steps_per_epoch < 1:
-        raise ValueError(f"{n_images} training images are fewer than one optimizer step's {per_step} samples")
+    steps_per_epoch = trainer.steps_per_epoch(n_images, cfg.batch_size, cfg.grad_accum)
     schedule = TrainingSchedule(steps_per_epoch=steps_per_epoch, num_epochs=cfg.epochs, mixup_pct=0.0,
                                 max_lr=cfg.max_lr, warmup_epochs=min(cfg.warmup_epochs, cfg.epochs * 0.5))
     optimizer = build_optimizer(model, schedule)
@@ -228,29 +213,18 @@ def train(cfg: LowLevelConfig, *, resume: bool = False) -> dict[str, Any]:
     trainer.accelerator.register_for_checkpointing(scheduler)
     start = trainer.resume() if resume else 0
     acc = trainer.accelerator
-    rank = acc.process_index
     gt_test = np.asarray(ds.images(data.test_images))
 
     def batches(epoch: int, skip: int):
-        order = epoch_order(data.image_trials, cfg.seed, epoch)
-        micro = cfg.batch_size * world
-        for m in range(skip * cfg.grad_accum, steps_per_epoch * cfg.grad_accum):
-            rows = order[m * micro:(m + 1) * micro][rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+        for rows in trainer.epoch_rows(data.image_trials, epoch, skip, batch_size=cfg.batch_size,
+                                       grad_accum=cfg.grad_accum, steps_per_epoch=steps_per_epoch):
             img = torch.from_numpy(data.trial_image[rows])
             yield {"voxels": data.train_voxels[torch.from_numpy(rows)].to(acc.device),
                    **{k: v[img].float().to(acc.device) for k, v in data.train_targets.items()}}
 
     def step_fn(batch: dict[str, torch.Tensor], state: RunState) -> dict[str, torch.Tensor]:
-        with acc.accumulate(objective):
-            with acc.autocast():
-                losses = objective(batch["voxels"], batch["latents"], batch.get("teacher"), batch.get("teacher_aug"))
-            if not bool(torch.isfinite(losses["loss"].detach())):
-                return {k: v.detach() for k, v in losses.items() if v.ndim == 0}
-            acc.backward(losses["loss"])
-            optimizer.step()
-            if acc.sync_gradients:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        losses = trainer.optimize(objective, optimizer, scheduler, lambda: objective(
+            batch["voxels"], batch["latents"], batch.get("teacher"), batch.get("teacher_aug")))
         out_ = {k: losses[k].detach().float() for k in ("loss", "l1", "contrastive")}
         out_["lr"] = torch.tensor(scheduler.get_last_lr()[0])
         return out_
@@ -282,10 +256,7 @@ def train(cfg: LowLevelConfig, *, resume: bool = False) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg, ns = config_from_argv(LowLevelConfig, argv, description=__doc__.splitlines()[0],
-                               extra=[("--resume", {"action": "store_true", "help": "continue from the newest checkpoint in --out"})])
-    summary = train(cfg, resume=ns.resume)
-    return 0 if summary.get("finished") or summary.get("stopped_by_time") else 1
+    return main_for(LowLevelConfig, train, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from training.data import load_encoder, load_subject, resolve_dataset

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np

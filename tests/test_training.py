@@ -210,7 +210,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(world: Pat
 
 def test_kill_minus_9_then_resume_loses_at_most_one_interval(world: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
-    cfg = high_cfg(world, out, epochs=40, ckpt_every=4)
+    cfg = high_cfg(world, out, epochs=40, ckpt_every=4, eval_every=40)  # evaluate once: a fast resumed run
     engine.save_config(cfg, tmp_path / "cfg.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "training.train_highlevel", "--config", str(tmp_path / "cfg.yaml")]

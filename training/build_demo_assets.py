@@ -376,8 +376,9 @@ def stage_bundle(b: Build, subjects: Sequence[str]) -> dict[str, Any]:
                 stored_strengths=[DEFAULT_STRENGTH], candidates=None, candidate_scores=a["candidate_scores"],
                 picked=a["picked"], prior_samples=None, brain_embeddings=a["projector"], image_embeddings=a["clip_image"],
                 embedding_shape=tuple(hidden.target_shape), blurry=a["blurry"], store_embeddings=False, voxels=a["voxels"],
+                # the ridge's blurry images are an intermediate (their metrics are kept): not stored, to fit the size budget
                 umap=a["umap"], ridge=RidgeArrays(brain_embeddings=a["ridge_final_pred"], finals=a["ridge_finals"],
-                                                  blurry=a["ridge_blurry"], image_embeddings=a["clip_final"]),
+                                                  image_embeddings=a["clip_final"], space="clip_final"),
                 metrics=metrics, provenance={"models": models})
         w.finalize(metadata={"built_by": "training.build_demo_assets", "subjects": done}, provenance=provenance)
     size = sum(p.stat().st_size for p in b.results_dir.rglob("*") if p.is_file())

@@ -1,6 +1,6 @@
 """The tiny demo-world image models: names, locations and loaders.
 
-Three models, trained on the demo world by ``training/train_tiny_{clip,vae,generator}.py`` and shipped
+Three models, trained on the demo world by ``python -m training.train_tiny_{clip,vae,generator}`` and shipped
 as float16 safetensors in ``assets/demo_models/`` (see ``docs/demo_models.md`` for measured quality):
 
 =================  ==================================  =================================================

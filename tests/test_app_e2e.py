@@ -143,7 +143,11 @@ def test_browse_subject_trial_slider_and_umap(page: Any, app_url: str, bundle: P
     expect(page.locator("#umap .umap-hover img")).to_have_attribute("src", re.compile("^data:image/png;base64,"),
                                                                    timeout=TIMEOUT)
     np.testing.assert_array_equal(_png(page, "#umap .umap-hover img"), s.ground_truth(2))
-    page.locator("#umap .scatterlayer .trace").first.locator(".point").nth(7).click(force=True)
+    # plotly reports a click on the point it currently hovers: hover point 7 first, then click it
+    point7 = page.locator("#umap .scatterlayer .trace").first.locator(".point").nth(7)
+    point7.hover(force=True)
+    expect(page.locator("#umap .umap-hover span")).to_have_text("subj02 · trial 7", timeout=TIMEOUT)
+    point7.click(force=True)
     _wait_header(page, "subj02 · trial 7")
     expect(page.locator("#umap [data-trial='7']")).to_have_count(1, timeout=TIMEOUT)
     expect(page.locator("#trial input")).to_have_value("7")
@@ -164,10 +168,18 @@ def test_gallery_click_and_random_trial(page: Any, app_url: str) -> None:
     _wait_header(page, "subj01 · trial 9")
     expect(page.get_by_role("tab", name="Trial")).to_have_attribute("aria-selected", "true", timeout=TIMEOUT)
     page.locator("#random").click()
-    expect(page.locator("#trial-header")).to_contain_text(re.compile(r"subj01 · trial (\d+)"), timeout=TIMEOUT)
-    n = int(page.locator("#trial input").input_value())
-    assert 0 <= n < 12
-    _wait_header(page, f"trial {n}")
+    # the trial box and the header update in two events: poll (bounded) until they agree
+    import time
+
+    deadline = time.monotonic() + TIMEOUT / 1000
+    while True:
+        value = page.locator("#trial input").input_value()
+        header = page.locator("#trial-header").inner_text()
+        if value.isdigit() and re.search(rf"subj01 · trial {int(value)}\b", header):
+            break
+        assert time.monotonic() < deadline, f"trial box {value!r} and header {header!r} never agreed"
+        page.wait_for_timeout(200)
+    assert 0 <= int(value) < 12
 
 
 def test_deep_link_restores_the_view(page: Any, app_url: str, bundle: Path) -> None:

@@ -125,17 +125,12 @@ def _load_yaml_config(b: Build, stage: str, cls: type, name: str, **fixed: Any) 
     return cls(**{**load_config_file(cls, CONFIGS / name), **b.overrides.get(stage, {}), **fixed})
 
 
-def _ship_model(src: Path, dst: Path) -> None:
-    """Copy an exported ConfigModule folder as float16 weights (``config.json`` + ``model.safetensors``)."""
-    from safetensors.torch import load_file, save_file
-
+def _ship_model(model_cls: Any, src: Path, dst: Path) -> None:
+    """Re-save an exported model folder with float16 weights (``ConfigModule.save_pretrained(dtype=...)``),
+    staged in ``<dst>.partial`` and renamed, so a crash never leaves a half-written shipped folder."""
     tmp = dst.with_name(dst.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copy2(src / "config.json", tmp / "config.json")
-    state = load_file(str(src / "model.safetensors"))
-    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()},
-              str(tmp / "model.safetensors"))
+    model_cls.from_pretrained(src).save_pretrained(tmp, dtype=torch.float16)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
 
@@ -151,7 +146,9 @@ def stage_highlevel(b: Build, subject: str) -> dict[str, Any]:
     summary = train(cfg, resume=bool(Trainer.checkpoints_in(run)))
     if not summary.get("finished"):
         raise RuntimeError(f"{subject} highlevel stopped before the end (step {summary['final_step']}); run again to resume")
-    _ship_model(run / "model", b.brain_dir / subject / "highlevel")
+    from mindeye_core.models import MindEyeHighLevel
+
+    _ship_model(MindEyeHighLevel, run / "model", b.brain_dir / subject / "highlevel")
     return {"metrics": summary.get("metrics", {}), "summary": {"final_step": summary["final_step"]}}
 
 
@@ -165,7 +162,9 @@ def stage_lowlevel(b: Build, subject: str) -> dict[str, Any]:
     summary = train(cfg, resume=bool(Trainer.checkpoints_in(run)))
     if not summary.get("finished"):
         raise RuntimeError(f"{subject} lowlevel stopped before the end; run again to resume")
-    _ship_model(run / "model", b.brain_dir / subject / "lowlevel")
+    from mindeye_core.models import LowLevelModel
+
+    _ship_model(LowLevelModel, run / "model", b.brain_dir / subject / "lowlevel")
     return {"metrics": summary.get("metrics", {})}
 
 

@@ -5,6 +5,7 @@ The format is specified in ``docs/results_bundle.md``; in short::
     <root>/
       manifest.json   written LAST (its presence means "complete"); {"format": "mindeye-results", "version": 2}
       stimuli.h5      /image_index int64 (M,), /images uint8 (M, H, W, 3): the test images, once for all subjects
+                      (every image dataset is stored as one lossless PNG per image and read back as uint8)
       <subject>.h5    N test samples: image_index, stimulus_row, seed, blurry, finals (S', N, H, W, 3) at the
                       subject's stored_strengths, candidates (N, K, H, W, 3) (optional), candidate_scores (N, K),
                       picked (N,), prior_samples float16 (N, K, T, D) (optional), embeddings/<space> float16
@@ -217,12 +218,56 @@ class RidgeArrays:
     space: str = "clip_image"
 
 
+IMAGE_CODEC = "png"
+"""How the writer stores image datasets: each image a lossless PNG (about 40 % smaller than gzip on raw pixels)."""
+
+
+def _encode_png(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> the bytes of a lossless PNG as a uint8 vector."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buf, format="PNG", optimize=True)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+def _decode_png(data: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """The bytes of one stored PNG -> ``(H, W, 3)`` uint8, checked against the dataset's ``image_shape``."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(np.asarray(data, dtype=np.uint8).tobytes())) as im:
+            im.load()  # verifies the PNG chunk CRCs and the zlib checksum: damage raises here
+            out = np.asarray(im.convert("RGB") if im.mode != "RGB" else im)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise DataFormatError(f"{where}: a stored PNG image is damaged ({exc})") from exc
+    if out.shape != shape:
+        raise DataFormatError(f"{where}: a stored image has shape {out.shape}, the dataset says {shape}")
+    return out
+
+
+def _is_png_dataset(ds: h5py.Dataset) -> bool:
+    return ds.attrs.get("codec") == IMAGE_CODEC
+
+
 def _h5_put(h5: h5py.File, key: str, data: np.ndarray, *, image_dims: int = 0, chunks: tuple[int, ...] | None = None) -> None:
-    """Write one dataset with fletcher32; images (last 3 axes) gzip-compressed one chunk per image."""
-    kwargs: dict[str, Any] = {"fletcher32": True}
+    """Write one dataset. Images (``(*lead, H, W, 3)`` uint8, ``image_dims=3``) become a ``lead``-shaped dataset of
+    PNG bytes (attributes ``codec="png"``, ``image_shape``; PNG carries its own CRCs); every other dataset is
+    written with fletcher32."""
     if image_dims:
-        kwargs.update(chunks=(1,) * (data.ndim - 3) + data.shape[-3:], compression="gzip", compression_opts=4)
-    elif chunks is not None:
+        lead, shape = data.shape[:-3], data.shape[-3:]
+        ds = h5.create_dataset(key, shape=lead, dtype=h5py.vlen_dtype(np.uint8))
+        for pos in np.ndindex(*lead):  # one element at a time: PNGs of equal length must not be read as a 2-D array
+            ds[pos] = _encode_png(data[pos])
+        ds.attrs["codec"] = IMAGE_CODEC
+        ds.attrs["image_shape"] = np.asarray(shape, dtype=np.int64)
+        return
+    kwargs: dict[str, Any] = {"fletcher32": True}
+    if chunks is not None:
         kwargs["chunks"] = chunks
     h5.create_dataset(key, data=data, **kwargs)
 
@@ -580,21 +625,22 @@ def _json_safe(x: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------- reader
 def _read(path: Path, key: str, index: Any = None, lead: tuple[int, ...] = ()) -> np.ndarray:
-    """Read ``key[*lead, index]`` from ``path``; ``index``: None (all), int, slice or ints in any order."""
+    """Read ``key[*lead, index]`` from ``path``; ``index``: None (all), int, slice or ints in any order.
+    PNG-coded image datasets come back decoded, ``(..., H, W, 3)`` uint8, like raw ones."""
     with h5py.File(path, "r") as h5:
         if key not in h5:
             raise DataFormatError(f"{path}: missing dataset {key!r}")
         ds = h5[key]
         n = ds.shape[len(lead)]
         if index is None:
-            return ds[lead] if lead else ds[()]
+            return _decoded(ds, ds[lead] if lead else ds[()], path, key)
         if isinstance(index, slice):
-            return ds[(*lead, index)]
+            return _decoded(ds, ds[(*lead, index)], path, key)
         if np.ndim(index) == 0:
             i = int(index)
             if not -n <= i < n:
                 raise IndexError(f"{path}: index {i} out of range for {key} with {n} rows")
-            return ds[(*lead, i % n)]
+            return _decoded(ds, ds[(*lead, i % n)], path, key, scalar=True)
         idx = np.asarray(index).reshape(-1)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
@@ -603,8 +649,23 @@ def _read(path: Path, key: str, index: Any = None, lead: tuple[int, ...] = ()) -
             raise IndexError(f"{path}: indices out of range for {key} with {n} rows")
         uniq, inverse = np.unique(idx % n if idx.size else idx, return_inverse=True)
         if not uniq.size:
-            return ds[(*lead, slice(0, 0))]
-        return np.take(ds[(*lead, uniq)], inverse, axis=0)
+            return _decoded(ds, ds[(*lead, slice(0, 0))], path, key)
+        return np.take(_decoded(ds, ds[(*lead, uniq)], path, key), inverse, axis=0)
+
+
+def _decoded(ds: h5py.Dataset, raw: Any, path: Path, key: str, *, scalar: bool = False) -> np.ndarray:
+    """``raw`` as read from ``ds``; for a PNG-coded dataset, its images decoded into ``(*raw.shape, H, W, 3)``."""
+    if not _is_png_dataset(ds):
+        return raw
+    shape = tuple(int(v) for v in ds.attrs["image_shape"])
+    where = f"{path}: dataset {key!r}"
+    if scalar and not (isinstance(raw, np.ndarray) and raw.dtype == object):
+        return _decode_png(raw, shape, where)
+    cells = np.asarray(raw, dtype=object)
+    out = np.empty((cells.size, *shape), dtype=np.uint8)
+    for i, data in enumerate(cells.reshape(-1)):
+        out[i] = _decode_png(data, shape, where)
+    return out.reshape((*cells.shape, *shape))
 
 
 class _RetrievalView:
@@ -1025,12 +1086,16 @@ def _check_datasets(path: Path, expected: Mapping[str, tuple[tuple[int | None, .
             ds = h5[key]
             if not isinstance(ds, h5py.Dataset):
                 raise DataFormatError(f"{path}: {key!r} is not a dataset")
-            ok = len(ds.shape) == len(shape) and all(s is None or s == t for s, t in zip(shape, ds.shape))
+            actual, actual_dtype = ds.shape, ds.dtype
+            if _is_png_dataset(ds):  # images as PNG bytes: the dataset holds the leading axes, the attribute the rest
+                actual = (*ds.shape, *(int(v) for v in ds.attrs.get("image_shape", ())))
+                actual_dtype = h5py.check_vlen_dtype(ds.dtype)
+            ok = len(actual) == len(shape) and all(s is None or s == t for s, t in zip(shape, actual))
             if not ok:
                 want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-                raise DataFormatError(f"{path}: dataset {key!r} has shape {ds.shape}, expected {want}")
-            if ds.dtype != dtype:
-                raise DataFormatError(f"{path}: dataset {key!r} has dtype {ds.dtype}, expected {np.dtype(dtype)}")
+                raise DataFormatError(f"{path}: dataset {key!r} has shape {tuple(actual)}, expected {want}")
+            if actual_dtype != dtype:
+                raise DataFormatError(f"{path}: dataset {key!r} has dtype {actual_dtype}, expected {np.dtype(dtype)}")
 
 
 def _validate_stimuli(path: Path, info: Mapping[str, Any]) -> np.ndarray:

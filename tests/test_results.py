@@ -189,7 +189,7 @@ def _sim64(brain: np.ndarray, image: np.ndarray) -> np.ndarray:
     return bn @ vn.T
 
 
-def test_files_use_checksums_and_per_image_gzip_chunks(tmp_path: Path) -> None:
+def test_files_use_checksums_and_png_images(tmp_path: Path) -> None:
     root = _write(tmp_path / "res")
     for fname in ("stimuli.h5", "subj01.h5"):
         with h5py.File(root / fname, "r") as h5:
@@ -197,11 +197,38 @@ def test_files_use_checksums_and_per_image_gzip_chunks(tmp_path: Path) -> None:
             h5.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
             for name in names:
                 ds = h5[name]
-                assert ds.fletcher32, f"{fname}:{name} without fletcher32"
-                if ds.dtype == np.uint8:
-                    assert ds.compression == "gzip" and ds.chunks == (1,) * (ds.ndim - 3) + ds.shape[-3:], name
+                if name.split("/")[-1] in ("images", "blurry", "finals", "candidates"):
+                    # one lossless PNG per image (PNG carries CRCs); the dataset has the leading axes only
+                    assert ds.attrs["codec"] == "png" and h5py.check_vlen_dtype(ds.dtype) == np.uint8, name
+                    assert tuple(ds.attrs["image_shape"]) == (8, 8, 3), name
+                    first = np.asarray(ds[(0,) * ds.ndim]).tobytes()
+                    assert first[:8] == b"\x89PNG\r\n\x1a\n", name
+                else:
+                    assert ds.fletcher32, f"{fname}:{name} without fletcher32"
     with h5py.File(root / "subj01.h5", "r") as h5:
         assert h5["prior_samples"].chunks == (1, K, T, D)
+        assert h5["finals"].shape == (3, N)
+
+
+def test_damaged_png_is_named_and_raw_images_still_read(tmp_path: Path) -> None:
+    root = _write(tmp_path / "res")
+    b = open_results(root)
+    finals = b.subject("subj01").finals(1.0)
+    blurry = b.subject("subj01").blurry()
+    # a bundle written before PNG coding (raw uint8 images, gzip per image) reads the same
+    with h5py.File(root / "subj01.h5", "a") as h5:
+        del h5["blurry"]
+        h5.create_dataset("blurry", data=blurry, chunks=(1, 8, 8, 3), compression="gzip", fletcher32=True)
+    np.testing.assert_array_equal(open_results(root).subject("subj01").blurry(), blurry)
+    # one flipped byte inside a stored PNG: the read names the file and the dataset
+    with h5py.File(root / "subj01.h5", "a") as h5:
+        data = np.array(h5["finals"][2, 2])  # strength 1.0 (grid position 2), row 2
+        data[len(data) // 2] ^= 0xFF
+        h5["finals"][2, 2] = data
+    s = open_results(root).subject("subj01")
+    np.testing.assert_array_equal(s.finals(1.0, index=1), finals[1])
+    with pytest.raises(DataFormatError, match=r"subj01\.h5: dataset 'finals': a stored PNG image is damaged"):
+        s.finals(1.0, index=2)
 
 
 @pytest.mark.parametrize(
@@ -389,7 +416,7 @@ def test_light_bundle_round_trip(tmp_path: Path) -> None:
     assert (info["has_embeddings"], info["has_umap"], info["embedding_shape"]) == (False, True, [T, D])
     with h5py.File(root / "subj01.h5", "r") as h5:
         assert "candidates" not in h5 and "prior_samples" not in h5 and "embeddings" not in h5
-        assert h5["finals"].shape == (2, N, 8, 8, 3)
+        assert h5["finals"].shape == (2, N) and tuple(h5["finals"].attrs["image_shape"]) == (8, 8, 3)
         assert h5["retrieval/similarity"].dtype == np.float16 and h5["ridge/retrieval/similarity"].dtype == np.float16
 
     b = open_results(root)

@@ -99,13 +99,13 @@ class Build:
     def _report_update(self, subject: str | None, stage: str, info: dict[str, Any]) -> None:
         """Rewrite ``demo_brain/build_report.json`` from every done marker (safe with builds running in parallel)."""
         self.brain_dir.mkdir(parents=True, exist_ok=True)
-        report: dict[str, Any] = {"stages": {}, "machine": {"torch_threads": self.threads, "torch": torch.__version__}}
+        report: dict[str, Any] = {"stages": {}, "machine": {"torch": torch.__version__}}
         for marker in sorted(self.work.glob("**/*.done.json")):
             rel = marker.relative_to(self.work)
             key = f"{rel.parent.as_posix()}/{marker.name[:-len('.done.json')]}" if rel.parent != Path(".") \
                 else marker.name[:-len(".done.json")]
             data = json.loads(marker.read_text())
-            report["stages"][key] = {k: v for k, v in data.items() if k in ("seconds", "metrics", "summary")}
+            report["stages"][key] = {k: v for k, v in data.items() if k in ("seconds", "threads", "metrics", "summary")}
         path = self.brain_dir / "build_report.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(report, indent=2) + "\n")
@@ -346,11 +346,16 @@ def stage_bundle(b: Build, subjects: Sequence[str]) -> dict[str, Any]:
     from mindeye_core.demo_models import load_demo_generator
 
     gen = load_demo_generator()
+    # the stored pixels are reproducible live only at the thread count the recon stage ran with: one per bundle
+    recon_threads = {json.loads(b.done_marker(s, "recon").read_text()).get("threads", b.threads) for s in done}
+    if len(recon_threads) != 1:
+        raise RuntimeError(f"the recon stages of {done} ran with different torch thread counts {sorted(recon_threads)}: "
+                           "redo them with one --threads (--stages recon --force)")
     provenance = {"seed": 0, "seed_rule": f"trial i of subjNN: NN * {SEED_BASE} + i",
                   "encoder": {"name": hidden.name, "sha256": weight_hash(hidden)},
                   "generator": {"name": "tiny-generator", "sha256": weight_hash(gen.unet)},
                   "generation": {"steps": b.steps, "guidance": gen.default_guidance, "n_candidates": b.n_samples,
-                                 "torch_threads": b.threads,
+                                 "torch_threads": recon_threads.pop(),
                                  "exactness": "live regeneration of one trial reproduces the stored pixels bit for bit "
                                               "with the same torch thread count on the same kind of CPU"},
                   "dataset_manifest_sha256": dataset_fingerprint(b.world)}
@@ -402,6 +407,7 @@ def run(b: Build, subjects: Sequence[str], stages: Sequence[str], *, force: bool
             t0 = time.perf_counter()
             info = fns[stage](b, subject)
             info["seconds"] = round(time.perf_counter() - t0, 1)
+            info["threads"] = b.threads
             b.mark_done(subject, stage, info)
             done[f"{subject}/{stage}"] = info
             print(f"[build-demo] {subject} {stage}: {info['seconds']} s {json.dumps(info.get('metrics', {}))[:300]}")
@@ -411,6 +417,7 @@ def run(b: Build, subjects: Sequence[str], stages: Sequence[str], *, force: bool
         t0 = time.perf_counter()
         info = stage_ceiling(b) if stage == "ceiling" else stage_bundle(b, SUBJECTS)
         info["seconds"] = round(time.perf_counter() - t0, 1)
+        info["threads"] = b.threads
         b.mark_done(None, stage, info)
         done[stage] = info
         print(f"[build-demo] {stage}: {info['seconds']} s")

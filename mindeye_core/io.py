@@ -16,15 +16,27 @@ filled in) are recorded in ``self.config`` when the instance is built::
 
 ``config.json`` also stores ``_class`` (the class name) and ``_format_version`` (written and checked by
 :mod:`mindeye_core.configfile`, like every versioned JSON file of the project); loading into another
-class, with unknown or missing config keys, or with weights that do not match, raises
+class, with unknown or missing config keys, a value of the wrong type (checked against the constructor's
+annotations) or out of range (refused by the constructor), or with weights that do not match, raises
 :class:`~mindeye_core.errors.CheckpointError` (or :class:`~mindeye_core.errors.ConfigMismatchError`)
-naming the file and the problem. Our own weights are never pickled.
+naming the file, the key and the problem. Our own weights are never pickled.
+
+Checksums: every weight file written here gets a ``<file>.sha256`` sidecar in ``sha256sum`` format
+(``<hex>  <name>``; ``sha256sum -c model.safetensors.sha256`` checks it by hand), and loading verifies it:
+a mismatch raises :class:`~mindeye_core.errors.CheckpointError` naming the file. A weight file without a
+sidecar (written before sidecars existed, or by someone else) loads as before. Trusted fast paths can skip the
+verification with ``verify=False`` or ``MINDEYE_VERIFY_WEIGHTS=0`` in the environment.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
+import math
+import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -38,6 +50,9 @@ from .errors import CheckpointError, ConfigMismatchError
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
+SHA256_SUFFIX = ".sha256"
+VERIFY_ENV = "MINDEYE_VERIFY_WEIGHTS"
+"""Set to ``0`` to skip sha256 verification of weight files everywhere (trusted fast paths)."""
 
 T = TypeVar("T", bound="ConfigModule")
 
@@ -72,15 +87,147 @@ def check_expected_config(saved: dict[str, Any], expected: dict[str, Any] | None
         raise ConfigMismatchError(f"{where} does not match the expected config ({detail})")
 
 
-def load_weights_file(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Load a safetensors file, turning a missing or unreadable file into :class:`CheckpointError`."""
+# ----------------------------------------------------------------------------------------------- checksums
+def file_sha256(path: str | Path, chunk_bytes: int = 16 << 20) -> str:
+    """Hex SHA-256 of a file, read in ``chunk_bytes`` pieces (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_path(path: str | Path) -> Path:
+    """The sidecar of a weight file: ``<path>.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + SHA256_SUFFIX)
+
+
+def write_sha256(path: str | Path, *, name: str | None = None, digest: str | None = None) -> Path:
+    """Record the sha256 of ``path`` beside it (``sha256sum`` format, via a temporary file and a rename).
+
+    Args:
+        path: the weight file.
+        name: the file name written in the sidecar (default ``path``'s own name; a staged ``x.tmp`` passes its
+            final name).
+        digest: the hash if already computed.
+
+    Returns:
+        The sidecar path.
+    """
+    path = Path(path)
+    target = sha256_path(path.with_name(name) if name else path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(f"{digest or file_sha256(path)}  {name or path.name}\n")
+    tmp.replace(target)
+    return target
+
+
+def verification_enabled(verify: bool | None = None) -> bool:
+    """``verify`` if given, else False only when ``$MINDEYE_VERIFY_WEIGHTS`` is ``0`` / ``false`` / ``no``."""
+    if verify is not None:
+        return bool(verify)
+    return os.environ.get(VERIFY_ENV, "1").strip().lower() not in ("0", "false", "no")
+
+
+def verify_sha256(path: str | Path, *, verify: bool | None = None) -> bool:
+    """Check ``path`` against its ``.sha256`` sidecar. Returns True if checked, False if there is no sidecar
+    (or verification is off).
+
+    Raises:
+        CheckpointError: the file's hash differs from the recorded one (damaged or replaced file), naming it.
+    """
+    path = Path(path)
+    side = sha256_path(path)
+    if not verification_enabled(verify) or not side.is_file():
+        return False
+    try:
+        recorded = side.read_text().split()[0].lower()
+    except (OSError, IndexError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"unreadable checksum file {side}: {exc}") from exc
+    actual = file_sha256(path)
+    if actual != recorded:
+        raise CheckpointError(f"corrupt weights file {path}: its sha256 {actual[:16]}... differs from the one recorded "
+                              f"in {side.name} ({recorded[:16]}...); the file is damaged or was replaced: re-create it "
+                              f"(or delete {side.name} if the new file is trusted)")
+    return True
+
+
+def record_checksums(folder: str | Path) -> list[Path]:
+    """Write a sidecar for every ``*.safetensors`` under ``folder`` (e.g. after diffusers' ``save_pretrained``)."""
+    return [write_sha256(p) for p in sorted(Path(folder).rglob("*.safetensors"))]
+
+
+def verify_checksums(folder: str | Path, *, verify: bool | None = None) -> int:
+    """:func:`verify_sha256` for every ``*.safetensors`` under ``folder``; returns how many were checked."""
+    if not verification_enabled(verify):
+        return 0
+    return sum(verify_sha256(p, verify=True) for p in sorted(Path(folder).rglob("*.safetensors")))
+
+
+def load_weights_file(path: str | Path, *, map_location: str | torch.device = "cpu",
+                      verify: bool | None = None) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, turning a missing, unreadable or damaged file into :class:`CheckpointError`.
+
+    Args:
+        path: the ``.safetensors`` file.
+        map_location: device of the returned tensors.
+        verify: check the ``.sha256`` sidecar when there is one (default: on unless ``$MINDEYE_VERIFY_WEIGHTS=0``).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"missing weights file: expected {path}")
+    verify_sha256(path, verify=verify)
     try:
         return load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"corrupt weights file {path}: {exc}") from exc
+
+def _init_hints(cls: type) -> dict[str, Any]:
+    """Type hints of the constructor that recorded the config (the original ``__init__``, not the wrapper)."""
+    init = getattr(cls.__init__, "__wrapped__", cls.__init__)
+    try:
+        return typing.get_type_hints(init)
+    except (NameError, TypeError):  # an annotation that cannot be resolved: no type check
+        return {}
+
+
+def _type_problem(value: Any, tp: Any) -> str:
+    """Why a JSON ``value`` cannot stand for annotation ``tp`` ("" when it can). Numbers must be finite."""
+    if tp is Any:
+        return ""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        problems = [_type_problem(value, a) for a in args]
+        return "" if any(not p for p in problems) else " or ".join(p for p in problems)
+    if tp is type(None):
+        return "" if value is None else "must be null"
+    if tp is bool:
+        return "" if isinstance(value, bool) else "must be true or false"
+    if tp is int:
+        return "" if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be a number"
+        return "" if math.isfinite(value) else "must be a finite number"
+    if tp is str:
+        return "" if isinstance(value, str) else "must be a string"
+    if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
+        if not isinstance(value, list):
+            return "must be a list"
+        inner = [a for a in args if a is not Ellipsis]
+        if origin is tuple and inner and Ellipsis not in args and len(inner) != len(value):
+            return f"must be a list of {len(inner)} values"
+        for i, v in enumerate(value):
+            sub = _type_problem(v, inner[i] if origin is tuple and Ellipsis not in args and inner else
+                                (inner[0] if inner else Any))
+            if sub:
+                return f"item {i} {sub}"
+        return ""
+    if origin in (dict, typing.Mapping) or tp is dict:
+        return "" if isinstance(value, dict) else "must be a mapping"
+    return ""
+
 
 class ConfigModule(torch.nn.Module):
     """``nn.Module`` whose constructor arguments are recorded as its config.
@@ -121,7 +268,8 @@ class ConfigModule(torch.nn.Module):
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, folder: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``folder`` (created if missing).
+        """Write ``config.json``, ``model.safetensors`` and ``model.safetensors.sha256`` into ``folder``
+        (created if missing; each file through a temporary file and a rename).
 
         Args:
             folder: destination directory.
@@ -147,9 +295,34 @@ class ConfigModule(torch.nn.Module):
             seen[ptr] = name
         tmp_weights = folder / (WEIGHTS_NAME + ".tmp")
         save_file(state, str(tmp_weights), metadata={"format": "pt", "class": type(self).__name__})
+        # the sidecar first: a crash between the two renames leaves a mismatch that loading reports, never
+        # new weights silently trusted under an old hash
+        write_sha256(tmp_weights, name=WEIGHTS_NAME)
         tmp_weights.replace(folder / WEIGHTS_NAME)
         write_versioned_config(folder / CONFIG_NAME, kind=type(self).__name__, version=FORMAT_VERSION, data=self.config)
         return folder
+
+    @classmethod
+    def complete_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """``config`` with every constructor argument it lacks filled in with its default (what a saved config
+        must hold; :meth:`load_config` refuses a config with a missing key).
+
+        Raises:
+            ConfigMismatchError: an argument without default is missing, or a key is not an argument.
+        """
+        params = list(inspect.signature(getattr(cls.__init__, "__wrapped__", cls.__init__)).parameters.items())[1:]
+        unknown = sorted(set(config) - {name for name, _ in params})
+        if unknown:
+            raise ConfigMismatchError(f"{cls.__name__}: unknown config keys {unknown}")
+        out: dict[str, Any] = {}
+        for name, param in params:
+            if name in config:
+                out[name] = config[name]
+            elif param.default is inspect.Parameter.empty:
+                raise ConfigMismatchError(f"{cls.__name__}: config lacks the required argument {name!r}")
+            else:
+                out[name] = _json_ready(param.default, key=name, cls=cls.__name__)
+        return out
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -163,6 +336,15 @@ class ConfigModule(torch.nn.Module):
         unknown = sorted(set(payload) - set(params))
         if unknown:
             raise ConfigMismatchError(f"{path}: unknown config keys for {cls.__name__}: {unknown}")
+        missing = [k for k in params if k not in payload]
+        if missing:
+            raise ConfigMismatchError(f"{path}: config key(s) {missing} of {cls.__name__} missing (a saved config holds "
+                                      "every constructor argument; the file is truncated or was edited by hand)")
+        hints = _init_hints(cls)
+        for key, value in payload.items():
+            problem = _type_problem(value, hints.get(key, Any))
+            if problem:
+                raise ConfigMismatchError(f"{path}: config key {key!r} of {cls.__name__} {problem}, got {value!r}")
         return payload
 
     @classmethod
@@ -173,6 +355,7 @@ class ConfigModule(torch.nn.Module):
         expected_config: dict[str, Any] | None = None,
         map_location: str | torch.device = "cpu",
         dtype: torch.dtype | None = torch.float32,
+        verify: bool | None = None,
     ) -> T:
         """Build the module from ``folder/config.json`` and load ``folder/model.safetensors``.
 
@@ -182,13 +365,22 @@ class ConfigModule(torch.nn.Module):
                 ``{"n_voxels": 15724}``); any difference raises :class:`ConfigMismatchError`.
             map_location: device to load tensors onto.
             dtype: cast floating-point weights to this dtype (``None`` keeps the stored dtype).
+            verify: check ``model.safetensors.sha256`` when present (default on; ``False`` or
+                ``$MINDEYE_VERIFY_WEIGHTS=0`` for trusted fast paths).
+
+        Raises:
+            ConfigMismatchError: a config key missing, unknown, of the wrong type or refused by the constructor.
+            CheckpointError: a missing, damaged (sha256 mismatch) or non-matching weights file.
         """
         folder = Path(folder)
         config = cls.load_config(folder)
         check_expected_config(config, expected_config, folder / CONFIG_NAME)
-        model = cls(**config)
+        try:
+            model = cls(**config)
+        except (ValueError, TypeError, RuntimeError) as exc:  # a value out of range for the constructor
+            raise ConfigMismatchError(f"{folder / CONFIG_NAME}: {cls.__name__} refuses this config: {exc}") from exc
         weights = folder / WEIGHTS_NAME
-        state = load_weights_file(weights, map_location=map_location)
+        state = load_weights_file(weights, map_location=map_location, verify=verify)
         own = model.state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))

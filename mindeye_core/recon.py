@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from .encoders import ImageEncoder, VaeLatentEncoder, load_image_encoder
 from .errors import ConfigMismatchError, DataFormatError
 from .generators import Generator, UNetVariationGenerator, VersatileDiffusionGenerator, check_strength
+from .generators.base import check_count, check_finite, check_sampling
 from .models import LowLevelModel, MindEyeHighLevel
 
 __all__ = [
@@ -229,7 +230,8 @@ class ReconstructionSpec:
         set_(self, "vae", _component(self.vae, "vae", allow_none=True))
         if self.lowlevel is not None and self.vae is None:
             raise ConfigMismatchError("ReconstructionSpec: a lowlevel model needs a vae to decode its latents")
-        _check_settings(self.n_samples, self.strength, self.steps, self.trials_per_call)
+        _check_settings(self.n_samples, self.strength, self.steps, self.trials_per_call, self.guidance,
+                        self.prior_cond_scale)
         set_(self, "n_samples", int(self.n_samples))
         set_(self, "strength", float(self.strength))
         set_(self, "steps", None if self.steps is None else int(self.steps))
@@ -257,15 +259,13 @@ class ReconstructionSpec:
         return dataclasses.replace(self, **changes)
 
 
-def _check_settings(n_samples: Any, strength: Any, steps: Any, trials_per_call: Any = 1) -> None:
+def _check_settings(n_samples: Any, strength: Any, steps: Any, trials_per_call: Any = 1, guidance: Any = None,
+                    prior_cond_scale: Any = 1.0) -> None:
     """Validate the sampling settings shared by the spec and the reconstructor."""
-    if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
-        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    check_sampling(n_samples, steps, guidance)
     check_strength(strength)
-    if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
-        raise ValueError(f"steps must be an integer >= 1 (or None for the generator's default), got {steps!r}")
-    if isinstance(trials_per_call, bool) or int(trials_per_call) != trials_per_call or trials_per_call < 1:
-        raise ValueError(f"trials_per_call must be an integer >= 1, got {trials_per_call!r}")
+    check_finite(prior_cond_scale, "prior_cond_scale")
+    check_count(trials_per_call, "trials_per_call")
 
 
 def demo_spec(brain: str | Path, lowlevel: str | Path | None = None, **overrides: Any) -> ReconstructionSpec:
@@ -478,7 +478,7 @@ class Reconstructor:
         prior_cond_scale: float = 1.0,
         trials_per_call: int = 1,
     ) -> None:
-        _check_settings(n_samples, strength, steps, trials_per_call)
+        _check_settings(n_samples, strength, steps, trials_per_call, guidance, prior_cond_scale)
         if getattr(brain_model, "prior", None) is None:
             raise ConfigMismatchError("the brain model has no diffusion prior (built with use_prior=False): "
                                       "reconstruction needs MindEyeHighLevel(use_prior=True)")

@@ -46,7 +46,7 @@ from . import __version__
 from .errors import DataFormatError, MindEyeError
 from .similarity import DIRECTIONS, as_numpy, cosine_matrix, ranks, top_k_of_similarity
 from .configfile import CLASS_KEY, VERSION_KEY, dump_versioned_config, read_versioned_config
-from .staging import discard_partial, partial_path, publish_partial, start_partial
+from .staging import begin, h5_writing, partial_path, storage_error
 
 FORMAT_NAME = "mindeye-results"
 FORMAT_VERSION = 2
@@ -312,8 +312,6 @@ class ResultsWriter:
                  strengths: Sequence[float] = DEFAULT_STRENGTHS, default_strength: float = DEFAULT_STRENGTH,
                  overwrite: bool = False) -> None:
         self.root = Path(root)
-        if self.root.exists() and not overwrite:
-            raise DataFormatError(f"results bundle already exists: {self.root} (pass overwrite=True to replace it)")
         strengths = [float(s) for s in strengths]
         if not strengths or any(not (0.0 <= s <= 1.0) for s in strengths):
             raise DataFormatError(f"strengths must be a non-empty list of values in [0, 1], got {strengths}")
@@ -329,7 +327,10 @@ class ResultsWriter:
         self.subjects: dict[str, dict[str, Any]] = {}
         self.stimuli: dict[str, Any] | None = None
         self._stimulus_rows: dict[int, int] = {}
-        self.partial = start_partial(self.root)
+        # lock, destination and storage checks, <root>.partial (mindeye_core.staging)
+        self._staging = begin(self.root, kind=FORMAT_NAME, manifest=MANIFEST_NAME, overwrite=overwrite,
+                              exists_error=_BundleExists)
+        self.partial = self._staging.partial
         self._done = False
 
     # stimuli --------------------------------------------------------------------------------------
@@ -352,7 +353,7 @@ class ResultsWriter:
         if (counts > 1).any():
             raise DataFormatError(f"stimuli image_index: {int((counts > 1).sum())} duplicated values (first: {int(uniq[counts > 1][0])})")
         imgs = _images(images, "stimuli images", ["M"], [m])
-        with h5py.File(self.partial / STIMULI_FILE, "w") as h5:
+        with h5_writing(self.partial / STIMULI_FILE) as h5:
             _h5_put(h5, "image_index", idx)
             _h5_put(h5, "images", imgs, image_dims=3)
         self._stimulus_rows = {int(v): i for i, v in enumerate(idx)}
@@ -514,7 +515,7 @@ class ResultsWriter:
             ridge_info = {"has_blurry": ridge.blurry is not None, "has_finals": ridge.finals is not None,
                           "space": str(ridge.space if ridge.image_embeddings is not None else "clip_image")}
         spaces_stored = [s for s in UMAP_SPACES if s in emb] if store_embeddings else []
-        with h5py.File(self.partial / fname, "w") as h5:
+        with h5_writing(self.partial / fname) as h5:
             _h5_put(h5, "image_index", index)
             _h5_put(h5, "stimulus_row", rows)
             _h5_put(h5, "seed", seed)
@@ -590,21 +591,29 @@ class ResultsWriter:
             "stimuli": self.stimuli,
             "subjects": self.subjects,
         }
-        publish_partial(self.root, MANIFEST_NAME, _manifest_text(manifest))
+        self._staging.publish(_manifest_text(manifest))
         self._done = True
         return self.root
 
     def abort(self) -> None:
-        """Delete the partial folder (nothing is published)."""
-        discard_partial(self.root)
+        """Delete the partial folder (nothing is published) and release the destination's lock."""
+        self._staging.abort()
         self._done = True
 
     def __enter__(self) -> ResultsWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if not self._done:
             self.abort()
+        if exc is not None:
+            err = storage_error(exc, self.root)
+            if err is not None:
+                raise err from exc
+
+
+class _BundleExists(DataFormatError, FileExistsError):
+    """A results bundle (or other files) already at the destination and ``overwrite`` is False."""
 
 
 def _json_safe(x: Any) -> Any:
@@ -627,30 +636,38 @@ def _json_safe(x: Any) -> Any:
 def _read(path: Path, key: str, index: Any = None, lead: tuple[int, ...] = ()) -> np.ndarray:
     """Read ``key[*lead, index]`` from ``path``; ``index``: None (all), int, slice or ints in any order.
     PNG-coded image datasets come back decoded, ``(..., H, W, 3)`` uint8, like raw ones."""
-    with h5py.File(path, "r") as h5:
-        if key not in h5:
-            raise DataFormatError(f"{path}: missing dataset {key!r}")
-        ds = h5[key]
-        n = ds.shape[len(lead)]
-        if index is None:
-            return _decoded(ds, ds[lead] if lead else ds[()], path, key)
-        if isinstance(index, slice):
-            return _decoded(ds, ds[(*lead, index)], path, key)
-        if np.ndim(index) == 0:
-            i = int(index)
-            if not -n <= i < n:
-                raise IndexError(f"{path}: index {i} out of range for {key} with {n} rows")
-            return _decoded(ds, ds[(*lead, i % n)], path, key, scalar=True)
-        idx = np.asarray(index).reshape(-1)
-        if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
-        idx = idx.astype(np.int64)
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"{path}: indices out of range for {key} with {n} rows")
-        uniq, inverse = np.unique(idx % n if idx.size else idx, return_inverse=True)
-        if not uniq.size:
-            return _decoded(ds, ds[(*lead, slice(0, 0))], path, key)
-        return np.take(_decoded(ds, ds[(*lead, uniq)], path, key), inverse, axis=0)
+    try:
+        with h5py.File(path, "r") as h5:
+            return _read_open(h5, path, key, index, lead)
+    except OSError as exc:  # a fletcher32 mismatch (damaged chunk) or an unreadable file
+        raise DataFormatError(f"corrupt results file {path}, dataset {key!r}: {exc}") from exc
+
+
+def _read_open(h5: h5py.File, path: Path, key: str, index: Any, lead: tuple[int, ...]) -> np.ndarray:
+    """:func:`_read` on an open file."""
+    if key not in h5:
+        raise DataFormatError(f"{path}: missing dataset {key!r}")
+    ds = h5[key]
+    n = ds.shape[len(lead)]
+    if index is None:
+        return _decoded(ds, ds[lead] if lead else ds[()], path, key)
+    if isinstance(index, slice):
+        return _decoded(ds, ds[(*lead, index)], path, key)
+    if np.ndim(index) == 0:
+        i = int(index)
+        if not -n <= i < n:
+            raise IndexError(f"{path}: index {i} out of range for {key} with {n} rows")
+        return _decoded(ds, ds[(*lead, i % n)], path, key, scalar=True)
+    idx = np.asarray(index).reshape(-1)
+    if idx.dtype == bool:
+        idx = np.flatnonzero(idx)
+    idx = idx.astype(np.int64)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise IndexError(f"{path}: indices out of range for {key} with {n} rows")
+    uniq, inverse = np.unique(idx % n if idx.size else idx, return_inverse=True)
+    if not uniq.size:
+        return _decoded(ds, ds[(*lead, slice(0, 0))], path, key)
+    return np.take(_decoded(ds, ds[(*lead, uniq)], path, key), inverse, axis=0)
 
 
 def _decoded(ds: h5py.Dataset, raw: Any, path: Path, key: str, *, scalar: bool = False) -> np.ndarray:
@@ -729,6 +746,48 @@ class RidgeResults(_RetrievalView):
     def finals(self, index: Any = None) -> np.ndarray | None:
         """``(N, H, W, 3)`` uint8 ridge tokens through the generator at the default strength, or ``None``."""
         return _read(self.path, "ridge/finals", index) if self.has_finals else None
+
+
+NEIGHBOURS_SUFFIX = "_neighbours.h5"
+
+
+@dataclass
+class Neighbours:
+    """A subject's retrieved pool (or collection) images, per test sample, best first.
+
+    Attributes:
+        ids: ``(N, K)`` item ids of the index (int64 pool seeds, or str paths / URLs / keys).
+        scores: ``(N, K)`` float32 cosine similarities, descending per row (for the two-stage procedure
+            the projector-vs-hidden scores of the re-ranked candidates).
+        seeds: ``(N, K)`` int64 demo-pool seeds (re-render the images with
+            ``mindeye_core.retrieval.pool.render_pool``), or ``None`` for other collections.
+        info: the manifest entry: ``index`` (name, n_items, model, kind), ``procedure``, ``k`` and what
+            the writer added (e.g. match shares).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    seeds: np.ndarray | None
+    info: dict[str, Any]
+
+    @property
+    def top(self) -> np.ndarray:
+        """``(N,)`` the retrieved (best) id of each sample."""
+        return self.ids[:, 0]
+
+
+def _check_neighbours(subject: str, n: int, ids: Any, scores: Any, seeds: Any) -> tuple[np.ndarray, ...]:
+    where = f"neighbours of {subject}"
+    ids_a = np.asarray(ids)
+    if ids_a.ndim != 2 or ids_a.shape[0] != n or ids_a.shape[1] < 1:
+        raise DataFormatError(f"{where}: ids must be (N={n}, K>=1), got shape {ids_a.shape}")
+    if not (np.issubdtype(ids_a.dtype, np.integer) or ids_a.dtype.kind in "UO"):
+        raise DataFormatError(f"{where}: ids must be integers or strings, got dtype {ids_a.dtype}")
+    sc = _floats(scores, f"{where} scores", ["N", "K"], [n, ids_a.shape[1]])
+    if (np.diff(sc, axis=1) > 1e-6).any():
+        raise DataFormatError(f"{where}: scores must be best first (descending) in every row")
+    sd = None if seeds is None else _ints(seeds, f"{where} seeds", ["N", "K"], [n, ids_a.shape[1]])
+    return ids_a, sc, sd
 
 
 class SubjectResults(_RetrievalView):
@@ -936,6 +995,33 @@ class SubjectResults(_RetrievalView):
         coords = _read(self.path, "umap")
         return {s: coords[i] for i, s in enumerate(UMAP_SPACES)}
 
+    @property
+    def has_neighbours(self) -> bool:
+        """Whether retrieval neighbours were written for this subject (:meth:`ResultsBundle.set_neighbours`)."""
+        return isinstance(self.info.get("neighbours"), dict)
+
+    def neighbours(self) -> Neighbours:
+        """The subject's retrieved images per test sample (ids, scores, pool seeds; see :class:`Neighbours`).
+
+        Raises:
+            DataFormatError: none were written (:attr:`has_neighbours`), or the file is missing or malformed.
+        """
+        if not self.has_neighbours:
+            raise DataFormatError(f"{self.bundle.root}: subject {self.name} has no neighbours: write them with "
+                                  "`mindeye retrieval neighbours --bundle ...`")
+        info = dict(self.info["neighbours"])
+        path = self.bundle.root / str(info.get("file", ""))
+        if not path.is_file():
+            raise DataFormatError(f"{self.bundle.root}: subject {self.name}: missing neighbours file {path}")
+        ids = _read(path, "ids")
+        if ids.dtype.kind in "OS":
+            ids = np.array([[x.decode() if isinstance(x, bytes) else str(x) for x in row] for row in ids])
+        with h5py.File(path, "r") as h5:
+            has_seeds = "seeds" in h5
+        seeds = _read(path, "seeds") if has_seeds else None
+        ids, scores, seeds = _check_neighbours(self.name, self.n_samples, ids, _read(path, "scores"), seeds)
+        return Neighbours(ids=ids, scores=scores, seeds=seeds, info=info)
+
     def __repr__(self) -> str:
         return (f"SubjectResults({self.name!r}, n_samples={self.n_samples}, n_candidates={self.n_candidates}, "
                 f"stored_strengths={self.stored_strengths}, has_ridge={self.has_ridge})")
@@ -1004,6 +1090,44 @@ class ResultsBundle:
         tmp = self.root / (MANIFEST_NAME + ".tmp")
         tmp.write_text(_manifest_text(self.manifest))
         tmp.replace(self.root / MANIFEST_NAME)
+
+    def set_neighbours(self, subject: str, ids: Any, scores: Any, *, seeds: Any = None,
+                       info: Mapping[str, Any] | None = None) -> Path:
+        """Store ``subject``'s retrieval neighbours (replacing earlier ones) and record them in the manifest.
+
+        Args:
+            ids: ``(N, K)`` item ids (int or str), best first, ``N`` = the subject's samples.
+            scores: ``(N, K)`` cosine similarities, descending per row.
+            seeds: optional ``(N, K)`` int demo-pool seeds.
+            info: JSON-able description stored in the manifest (index name, model, procedure...).
+
+        The arrays go to ``<subject>_neighbours.h5`` (written to a ``.tmp`` file, then renamed); the manifest
+        is rewritten atomically after it, so a reader sees either the old neighbours or the new ones.
+
+        Returns:
+            The neighbours file.
+        """
+        if subject not in self.manifest["subjects"]:
+            raise DataFormatError(f"{self.root}: no subject {subject!r}")
+        n = int(self.manifest["subjects"][subject]["n_samples"])
+        ids_a, sc, sd = _check_neighbours(subject, n, ids, scores, seeds)
+        name = subject + NEIGHBOURS_SUFFIX
+        tmp = self.root / (name + ".tmp")
+        with h5py.File(tmp, "w") as h5:
+            if np.issubdtype(ids_a.dtype, np.integer):
+                h5.create_dataset("ids", data=ids_a.astype(np.int64))
+            else:
+                h5.create_dataset("ids", data=ids_a.astype(str).astype(object), dtype=h5py.string_dtype())
+            h5.create_dataset("scores", data=sc, fletcher32=True)
+            if sd is not None:
+                h5.create_dataset("seeds", data=sd.astype(np.int64), fletcher32=True)
+        tmp.replace(self.root / name)
+        self.manifest["subjects"][subject]["neighbours"] = _json_safe(
+            {**dict(info or {}), "file": name, "k": int(ids_a.shape[1]), "has_seeds": sd is not None})
+        mtmp = self.root / (MANIFEST_NAME + ".tmp")
+        mtmp.write_text(_manifest_text(self.manifest))
+        mtmp.replace(self.root / MANIFEST_NAME)
+        return self.root / name
 
     def __repr__(self) -> str:
         return f"ResultsBundle({str(self.root)!r}, world={self.world!r}, subjects={self.subjects}, strengths={self.strengths})"

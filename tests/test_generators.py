@@ -157,7 +157,7 @@ def test_generate_errors(gen: UNetVariationGenerator) -> None:
         gen.generate(emb(), init_images=imgs() * 255, strength=0.5, steps=2)
     with pytest.raises(DataFormatError, match="1 init images for 2 embeddings"):
         gen.generate(emb(), init_images=imgs(1), strength=0.5, steps=2)
-    with pytest.raises(ValueError, match="n_samples must be >= 1"):
+    with pytest.raises(ValueError, match="n_samples must be an integer >= 1"):
         gen.generate(emb(), n_samples=0)
     free = UNetVariationGenerator(tiny_unet(), tiny_vae(), unipc())
     with pytest.raises(DataFormatError, match=f"width 7, the UNet's cross_attention_dim is {D}"):

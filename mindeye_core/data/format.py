@@ -13,9 +13,11 @@ A dataset is a folder::
                          /repetition  int16 (T,)  0-based presentation count of that image for this subject
                          /session     int16 (T,)  optional, 0-based scan session
 
-Everything is written into ``<root>.partial/`` and renamed to ``<root>`` only by
-:meth:`DatasetWriter.finalize`; an interrupted write therefore never looks like a complete dataset, and
-the reader refuses a folder without a manifest. Readers stream from disk (h5py), so NSD's tens of GB never
+Everything is written into ``<root>.partial/`` and swapped into ``<root>`` only by
+:meth:`DatasetWriter.finalize`, through :mod:`mindeye_core.staging` (lock, destination and free-space checks,
+atomic swap); an interrupted write therefore never looks like a complete dataset, and the reader refuses a
+folder without a manifest. Every HDF5 dataset is written with fletcher32 checksums: a damaged chunk raises
+:class:`~mindeye_core.errors.DataFormatError` naming the file and the dataset. Readers stream from disk (h5py), so NSD's tens of GB never
 need to fit in memory; test betas are averaged over repetitions on demand (a few MB).
 """
 
@@ -23,14 +25,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 import h5py
 import numpy as np
 
 from ..configfile import dump_versioned_config, read_versioned_config
 from ..errors import DataFormatError
-from ..staging import discard_partial, publish_partial, start_partial
+from ..staging import Staging, begin, discard_h5, storage_error
 
 FORMAT_NAME = "mindeye-dataset"
 FORMAT_VERSION = 1
@@ -39,6 +41,43 @@ IMAGES_NAME = "images.h5"
 SPLIT_TRAIN = 0
 SPLIT_TEST = 1
 _SPLIT_CODES = {"train": SPLIT_TRAIN, "test": SPLIT_TEST}
+_CHECKSUM = {"fletcher32": True}
+"""HDF5 filter options of every dataset written here (a damaged chunk fails to read instead of reading back)."""
+
+
+def h5_read(ds: h5py.Dataset, selection: Any, path: str | Path) -> np.ndarray:
+    """``ds[selection]``, with an HDF5 read error (a fletcher32 mismatch: damaged bytes) raised as
+    :class:`DataFormatError` naming the file and the dataset."""
+    try:
+        return ds[selection]
+    except OSError as exc:
+        raise DataFormatError(f"corrupt data in {path}, dataset {ds.name!r}: {exc} (the file is damaged; "
+                              "re-create it)") from exc
+
+
+def _int_column(values: Any, name: str, subject: str, t: int, lo: int, hi: int, dtype: Any, first: int,
+                rule: str = "") -> np.ndarray:
+    """``values`` as ``(t,)`` ``dtype`` ints after checking they are integers in ``[lo, hi]`` (never cast silently)."""
+    arr = np.asarray(values)
+    if arr.shape != (t,):
+        raise DataFormatError(f"subject {subject}: {name} must have shape ({t},), got {arr.shape}")
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise DataFormatError(f"subject {subject}: {name} contains NaN/inf (first in trial {first + int(np.argmax(bad))})")
+        frac = arr != np.round(arr)
+        if frac.any():
+            i = int(np.argmax(frac))
+            raise DataFormatError(f"subject {subject}: {name} must hold integers, got {arr[i].item()!r} in trial {first + i}")
+    elif arr.dtype.kind not in "iub":
+        raise DataFormatError(f"subject {subject}: {name} must hold integers, got dtype {arr.dtype}")
+    if t:
+        out = (arr < lo) | (arr > hi)
+        if out.any():
+            i = int(np.argmax(out))
+            raise DataFormatError(f"subject {subject}: {rule or f'{name} must be in [{lo}, {hi}]'}, got "
+                                  f"{arr[i].item()!r} in trial {first + i}")
+    return arr.astype(dtype)
 
 
 def _subject_file(subject: str) -> str:
@@ -57,9 +96,10 @@ class _SubjectAppender:
         self.n_voxels = int(n_voxels)
         self.n_trials = 0
         chunk_rows = max(1, min(64, (1 << 20) // max(1, self.n_voxels * np.dtype(dtype).itemsize)))
-        h5.create_dataset("betas", shape=(0, n_voxels), maxshape=(None, n_voxels), dtype=dtype, chunks=(chunk_rows, n_voxels))
+        h5.create_dataset("betas", shape=(0, n_voxels), maxshape=(None, n_voxels), dtype=dtype,
+                          chunks=(chunk_rows, n_voxels), **_CHECKSUM)
         for name, dt in (("image_index", np.int64), ("split", np.uint8), ("repetition", np.int16), ("session", np.int16)):
-            h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(4096,))
+            h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(4096,), **_CHECKSUM)
 
     def append(
         self,
@@ -75,8 +115,12 @@ class _SubjectAppender:
             betas: (t, V) float responses, finite.
             image_index: (t,) int rows of images.h5 (validated against the image count at finalize).
             split: (t,) ints (0 train, 1 test) or strings "train"/"test".
-            repetition: (t,) ints, 0-based repetition of the image for this subject.
-            session: optional (t,) ints.
+            repetition: (t,) ints, 0-based repetition of the image for this subject (< 32768).
+            session: optional (t,) ints (-1 = unknown).
+
+        Raises:
+            DataFormatError: wrong shapes, NaN/inf betas, or a column that is not integer-valued or out of its
+                range (never cast silently: a NaN split or a repetition of 40000 is refused, naming the trial).
         """
         betas = np.asarray(betas)
         if betas.ndim != 2 or betas.shape[1] != self.n_voxels:
@@ -97,19 +141,16 @@ class _SubjectAppender:
             if unknown:
                 raise DataFormatError(f"subject {self.subject}: unknown split labels {sorted(unknown)}")
             split_arr = np.vectorize(_SPLIT_CODES.__getitem__, otypes=[np.uint8])(split_arr)
+        first, who = self.n_trials, self.subject
         cols = {
-            "image_index": np.asarray(image_index, dtype=np.int64),
-            "split": split_arr.astype(np.uint8),
-            "repetition": np.asarray(repetition, dtype=np.int16),
-            "session": np.full(t, -1, np.int16) if session is None else np.asarray(session, dtype=np.int16),
+            "image_index": _int_column(image_index, "image_index", who, t, 0, np.iinfo(np.int64).max, np.int64, first,
+                                        rule="image_index must be >= 0 (negative image index)"),
+            "split": _int_column(split_arr, "split", who, t, SPLIT_TRAIN, SPLIT_TEST, np.uint8, first,
+                                  rule="split codes must be 0 (train) or 1 (test)"),
+            "repetition": _int_column(repetition, "repetition", who, t, 0, np.iinfo(np.int16).max, np.int16, first),
+            "session": (np.full(t, -1, np.int16) if session is None
+                        else _int_column(session, "session", who, t, -1, np.iinfo(np.int16).max, np.int16, first)),
         }
-        for name, arr in cols.items():
-            if arr.shape != (t,):
-                raise DataFormatError(f"subject {self.subject}: {name} must have shape ({t},), got {arr.shape}")
-        if (cols["image_index"] < 0).any():
-            raise DataFormatError(f"subject {self.subject}: negative image index")
-        if not np.isin(cols["split"], (SPLIT_TRAIN, SPLIT_TEST)).all():
-            raise DataFormatError(f"subject {self.subject}: split codes must be 0 (train) or 1 (test)")
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
             stored = betas.astype(self.h5["betas"].dtype, copy=False)
         if stored.dtype != betas.dtype and not np.isfinite(stored).all():
@@ -140,20 +181,36 @@ class DatasetWriter:
             w.finalize(metadata={...})
 
     Everything lands in ``<root>.partial`` until :meth:`finalize`, which validates every subject (image
-    indices in range, finite betas), writes the manifest and renames the folder. Leaving the ``with`` block
-    without finalizing (an exception, say) deletes the partial folder.
+    indices in range, finite betas), writes the manifest and swaps the folder into place
+    (:mod:`mindeye_core.staging`). Leaving the ``with`` block without finalizing (an exception, say) deletes the
+    partial folder; an out-of-disk error surfaces as :class:`~mindeye_core.errors.StorageError`.
+
+    Args:
+        root: the dataset folder.
+        name, world: stored in the manifest.
+        overwrite: replace an existing *dataset* (complete or partial) at ``root``, once the new one is
+            complete; any other folder content is refused (:class:`~mindeye_core.errors.DestinationError`).
+        betas_dtype: float32 or float16.
+        sources: what this write reads (e.g. the NSD shards' folder): ``root`` may not be one of them or above.
+        required_bytes: an estimate of the dataset's size, checked against the free space before writing.
+
+    Raises:
+        FileExistsError: ``root`` holds something and ``overwrite`` is False.
+        DestinationError, DestinationLockedError, StorageError: see :func:`mindeye_core.staging.begin`.
     """
 
-    def __init__(self, root: str | Path, *, name: str, world: str, overwrite: bool = False, betas_dtype: Any = np.float32) -> None:
+    def __init__(self, root: str | Path, *, name: str, world: str, overwrite: bool = False, betas_dtype: Any = np.float32,
+                 sources: Sequence[str | Path] = (), required_bytes: int = 0) -> None:
         self.root = Path(root)
-        if self.root.exists():
-            if not overwrite:
-                raise FileExistsError(f"dataset folder already exists: {self.root} (pass overwrite=True to replace it)")
-        self.partial = start_partial(self.root)
+        self.betas_dtype = np.dtype(betas_dtype)
+        if self.betas_dtype not in (np.float16, np.float32):
+            raise DataFormatError(f"betas_dtype must be float16 or float32, got {self.betas_dtype}")
+        self._staging: Staging = begin(self.root, kind=FORMAT_NAME, manifest=MANIFEST_NAME, overwrite=overwrite,
+                                       sources=sources, required_bytes=required_bytes, exists_error=FileExistsError)
+        self.partial = self._staging.partial
         self.name = name
         self.world = world
         self.overwrite = overwrite
-        self.betas_dtype = np.dtype(betas_dtype)
         self._images: h5py.File | None = None
         self._subjects: dict[str, tuple[h5py.File, _SubjectAppender]] = {}
         self._has_captions: bool | None = None
@@ -179,8 +236,9 @@ class DatasetWriter:
         if self._images is None:
             h, w = images.shape[1:3]
             f = h5py.File(self.partial / IMAGES_NAME, "w")
-            f.create_dataset("images", shape=(0, h, w, 3), maxshape=(None, h, w, 3), dtype=np.uint8, chunks=(1, h, w, 3), compression="lzf")
-            f.create_dataset("image_ids", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
+            f.create_dataset("images", shape=(0, h, w, 3), maxshape=(None, h, w, 3), dtype=np.uint8, chunks=(1, h, w, 3),
+                             compression="lzf", **_CHECKSUM)
+            f.create_dataset("image_ids", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,), **_CHECKSUM)
             self._images = f
         ds = self._images["images"]
         if images.shape[1:] != ds.shape[1:]:
@@ -189,7 +247,9 @@ class DatasetWriter:
         if self._has_captions is None:
             self._has_captions = has
             if has:
-                self._images.create_dataset("captions", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(4096,))
+                # variable-length strings take no HDF5 filter: captions are the one dataset without a checksum
+                self._images.create_dataset("captions", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(),
+                                            chunks=(4096,))
         elif self._has_captions != has:
             raise DataFormatError("give captions for every batch of images or for none")
         if has and len(captions) != n:  # type: ignore[arg-type]
@@ -262,25 +322,28 @@ class DatasetWriter:
             "subjects": subjects_meta,
             "metadata": metadata or {},
         }
-        publish_partial(self.root, MANIFEST_NAME, dump_versioned_config(FORMAT_NAME, FORMAT_VERSION, manifest))
+        self._staging.publish(dump_versioned_config(FORMAT_NAME, FORMAT_VERSION, manifest))
         self._finalized = True
         return self.root
 
     def abort(self) -> None:
-        """Close files and delete the partial folder."""
+        """Close files (without flushing them again, see :func:`~mindeye_core.staging.discard_h5`), delete the
+        partial folder and release the destination's lock."""
         for f, _ in self._subjects.values():
-            if f.id.valid:
-                f.close()
-        if self._images is not None and self._images.id.valid:
-            self._images.close()
-        discard_partial(self.root)
+            discard_h5(f)
+        discard_h5(self._images)
+        self._staging.abort()
 
     def __enter__(self) -> DatasetWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if not self._finalized:
             self.abort()
+        if exc is not None:
+            err = storage_error(exc, self.root)
+            if err is not None:
+                raise err from exc
 
 
 # ----------------------------------------------------------------------------------------------- reader
@@ -339,7 +402,7 @@ class SubjectData:
         try:
             with h5py.File(path, "r") as f:
                 betas_shape = f["betas"].shape
-                cols = {k: f[k][:] for k in ("image_index", "split", "repetition", "session")}
+                cols = {k: h5_read(f[k], slice(None), path) for k in ("image_index", "split", "repetition", "session")}
         except (OSError, KeyError) as exc:
             raise DataFormatError(f"subject {name}: corrupt file {path}: {exc}") from exc
         if betas_shape[1] != n_voxels:
@@ -378,16 +441,16 @@ class SubjectData:
         """Read betas for the given trial indices as float32: (len(trials), V) or (V,) for an int."""
         ds = self._betas()
         if isinstance(trials, (int, np.integer)):
-            return ds[int(trials)].astype(np.float32)
+            return h5_read(ds, int(trials), self.path).astype(np.float32)
         if isinstance(trials, slice):
-            return ds[trials].astype(np.float32)
+            return h5_read(ds, trials, self.path).astype(np.float32)
         trials = np.asarray(trials, dtype=np.int64)
         if trials.size == 0:
             return np.zeros((0, self.n_voxels), np.float32)
         order = np.argsort(trials, kind="stable")
         sorted_idx = trials[order]
         unique, inverse = np.unique(sorted_idx, return_inverse=True)
-        block = ds[unique].astype(np.float32)  # h5py needs increasing indices
+        block = h5_read(ds, unique, self.path).astype(np.float32)  # h5py needs increasing indices
         out = np.empty((trials.size, self.n_voxels), np.float32)
         out[order] = block[inverse]
         return out
@@ -431,9 +494,10 @@ class CanonicalDataset:
         try:
             with h5py.File(images_path, "r") as f:
                 shape = f["images"].shape
-                self.image_ids: np.ndarray = f["image_ids"][:]
+                self.image_ids: np.ndarray = h5_read(f["image_ids"], slice(None), images_path)
                 self._captions: list[str] | None = (
-                    [c.decode() if isinstance(c, bytes) else str(c) for c in f["captions"][:]] if "captions" in f else None
+                    [c.decode() if isinstance(c, bytes) else str(c) for c in h5_read(f["captions"], slice(None), images_path)]
+                    if "captions" in f else None
                 )
         except (OSError, KeyError) as exc:
             raise DataFormatError(f"corrupt images file {images_path}: {exc}") from exc
@@ -480,14 +544,14 @@ class CanonicalDataset:
         if isinstance(index, (int, np.integer)):
             if not 0 <= int(index) < self.n_images:
                 raise IndexError(f"image index {index} out of range for {self.n_images} images")
-            return ds[int(index)]
+            return h5_read(ds, int(index), self.root / IMAGES_NAME)
         if isinstance(index, slice):
-            return ds[index]
+            return h5_read(ds, index, self.root / IMAGES_NAME)
         index = np.asarray(index, dtype=np.int64)
         if index.size and (index.min() < 0 or index.max() >= self.n_images):
             raise IndexError(f"image indices out of range for {self.n_images} images")
         unique, inverse = np.unique(index, return_inverse=True)
-        return ds[unique][inverse] if unique.size else np.zeros((0, *self.image_size, 3), np.uint8)
+        return h5_read(ds, unique, self.root / IMAGES_NAME)[inverse] if unique.size else np.zeros((0, *self.image_size, 3), np.uint8)
 
     def iter_images(self, batch_size: int = 256) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, images (b, H, W, 3))`` over all images, in order."""

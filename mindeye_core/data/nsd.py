@@ -426,6 +426,21 @@ def _read_totals(raw_dir: Path, subject: int) -> dict[str, int]:
     return {k: int(v) for k, v in totals.items() if k in _SHARD_SPLIT_CODE and isinstance(v, (int, float))}
 
 
+def _estimate_bytes(raw_dir: Path, subjects: Sequence[int], voxels: dict[int, int], dtype: np.dtype,
+                    image_size: int | None) -> int:
+    """A lower bound of the converted dataset's size from the metadata totals (0 when they are missing): three
+    rows of betas per sample and the images at half their raw size (lzf-compressed)."""
+    side = image_size or 256
+    total = 0
+    n_images = 0
+    for subject in subjects:
+        totals = _read_totals(raw_dir, subject)
+        samples = sum(totals.values())
+        total += 3 * samples * voxels[subject] * dtype.itemsize
+        n_images = max(n_images, samples)
+    return int(total + n_images * side * side * 3 // 2)
+
+
 def _peek_betas_dtype(paths: Sequence[Path]) -> np.dtype:
     for path in paths:
         for sample in iter_shard(path):
@@ -499,6 +514,9 @@ def convert_nsd(
 
     Raises:
         FileExistsError: ``output`` exists and ``overwrite`` is False.
+        DestinationError: ``output`` holds something other than a dataset, or is the source folder or above it.
+        DestinationLockedError: another conversion is writing ``output``.
+        StorageError: not enough free space (checked before the first shard), a full disk or a read-only output.
         DataFormatError: missing/corrupt shard, wrong voxel count, NaN/inf betas, image index out of
             range, inconsistent image sizes, sample counts that disagree with the metadata (all named).
     """
@@ -507,8 +525,6 @@ def convert_nsd(
     subjects = _check_subjects(subjects)
     raw_dir = Path(raw_dir) if raw_dir is not None else default_raw_dir()
     output = Path(output) if output is not None else default_dataset_dir()
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"dataset folder already exists: {output} (pass overwrite=True / --overwrite to replace it)")
     if repetitions not in ("distinct", "num_uniques"):
         raise MindEyeError(f"repetitions must be 'distinct' or 'num_uniques', got {repetitions!r}")
     if image_size is not None and image_size < 8:
@@ -533,7 +549,11 @@ def convert_nsd(
     source_image_size: list[int] | None = None
     subject_meta: dict[str, Any] = {}
 
-    with DatasetWriter(output, name=name, world="nsd", overwrite=overwrite, betas_dtype=dtype) as writer:
+    estimate = _estimate_bytes(raw_dir, subjects, expected_vox, dtype, image_size) if check_totals else 0
+    # the writer checks the destination (never the source nor above it; --overwrite only replaces a dataset),
+    # takes its lock and checks the free space before the first shard is read
+    with DatasetWriter(output, name=name, world="nsd", overwrite=overwrite, betas_dtype=dtype, sources=[raw_dir],
+                       required_bytes=estimate) as writer:
 
         def flush_images() -> None:
             if pending_images:

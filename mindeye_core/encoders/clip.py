@@ -38,6 +38,7 @@ import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from ..errors import CheckpointError, ConfigMismatchError, DataFormatError
+from ..io import record_checksums, verify_checksums
 from .base import ImageEncoder, freeze, resolve_local_source
 from ..normalization import CLIP_MEAN, CLIP_STD
 
@@ -301,6 +302,7 @@ def save_open_clip_folder(model: torch.nn.Module, folder: str | Path, model_cfg:
     (folder / OPEN_CLIP_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / OPEN_CLIP_WEIGHTS[0]))
+    record_checksums(folder)  # <weights>.sha256, verified by load_open_clip_folder
     return folder
 
 
@@ -326,6 +328,7 @@ def load_open_clip_folder(folder: str | Path, device: str | torch.device = "cpu"
         model_cfg = config["model_cfg"]
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"unreadable open_clip config {folder / OPEN_CLIP_CONFIG}: {exc}") from exc
+    verify_checksums(folder)  # sha256 sidecars, when present (CheckpointError naming a damaged file)
     conv_stem = config.get("conv_stem")
     if not conv_stem:  # a plain open_clip folder: let open_clip read it (all its weight formats)
         try:

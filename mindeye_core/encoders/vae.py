@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, DataFormatError
+from ..io import verify_checksums
 from .base import ImageEncoder, freeze, looks_like_hub_id, resolve_local_source
 
 __all__ = ["SD_VAE_SCALING", "VaeLatentEncoder", "load_autoencoder_kl"]
@@ -60,6 +61,8 @@ def load_autoencoder_kl(
     kwargs: dict[str, Any] = {}
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
+    if folder is not None:
+        verify_checksums(folder)  # sha256 sidecars, when present (CheckpointError naming a damaged file)
     try:
         if folder is not None:
             return AutoencoderKL.from_pretrained(str(folder), **kwargs)

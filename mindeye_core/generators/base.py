@@ -12,6 +12,7 @@ of the ``steps`` denoising steps, starting from the init latents noised to that 
 
 from __future__ import annotations
 
+import math
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -20,12 +21,49 @@ import torch
 
 from ..errors import ConfigMismatchError, DataFormatError
 
-__all__ = ["Generator", "check_strength", "img2img_steps", "check_embeddings", "seed_generators"]
+__all__ = ["Generator", "check_count", "check_finite", "check_sampling", "check_strength", "img2img_steps",
+           "check_embeddings", "seed_generators"]
+
+
+def check_count(value: object, name: str, minimum: int = 1) -> int:
+    """``value`` as an int after checking it is an integer (not a bool, not NaN) ``>= minimum``.
+
+    Raises:
+        ValueError: naming ``name`` and the value.
+    """
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        ok = True
+    if not ok or int(value) < minimum:  # type: ignore[call-overload]
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
+def check_finite(value: object, name: str) -> float:
+    """``value`` as a float after checking it is a finite real number (NaN / inf / strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_sampling(n_samples: object, steps: object, guidance: object) -> tuple[int, int | None, float | None]:
+    """Validate the sampling parameters of :meth:`Generator.generate` at the API boundary.
+
+    Returns:
+        ``(n_samples, steps, guidance)``; ``steps`` / ``guidance`` stay ``None`` (generator default) when None.
+
+    Raises:
+        ValueError: ``n_samples < 1``, ``steps < 1`` or non-integer, NaN/inf guidance (naming the parameter).
+    """
+    n = check_count(n_samples, "n_samples")
+    s = None if steps is None else check_count(steps, "steps")
+    g = None if guidance is None else check_finite(guidance, "guidance")
+    return n, s, g
 
 
 def check_strength(strength: float) -> float:
     """Validate an img2img strength in the paper's convention; returns it as a float."""
-    s = float(strength)
+    s = check_finite(strength, "img2img strength")
     if not 0.0 <= s <= 1.0:
         raise ValueError(f"img2img strength must be in [0, 1] (0 = pure high-level, 1 = only the init image), "
                          f"got {strength}")

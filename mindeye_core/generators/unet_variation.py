@@ -48,7 +48,8 @@ from ..configfile import read_versioned_config, write_versioned_config
 from ..encoders.base import check_images, freeze, resolve_local_source
 from ..encoders.clip import CLIP_MEAN, CLIP_STD
 from ..errors import CheckpointError, DataFormatError
-from .base import Generator, check_embeddings, check_strength, img2img_steps, seed_generators
+from ..io import record_checksums, verify_checksums
+from .base import Generator, check_embeddings, check_sampling, check_strength, img2img_steps, seed_generators
 
 __all__ = ["UNetVariationGenerator", "GENERATOR_CONFIG", "token_grid"]
 
@@ -247,14 +248,12 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         ``torch.Generator().manual_seed(seed[i])``, so its images do not depend on the other rows.
         """
         who = type(self).__name__
-        steps = self.default_steps if steps is None else int(steps)
-        guidance = self.default_guidance if guidance is None else float(guidance)
+        n, steps, guidance = check_sampling(n_samples, steps, guidance)
+        steps = self.default_steps if steps is None else steps
+        guidance = self.default_guidance if guidance is None else guidance
         s = check_strength(strength)
         if init_images is None and s > 0:
             raise ValueError(f"img2img strength {s} > 0 needs init_images")
-        if int(n_samples) < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        n = int(n_samples)
         check_embeddings(embeddings, self.embedding_shape, who=who)
         if embeddings.shape[-1] != self.embed_dim:
             raise DataFormatError(f"{who}: embeddings have width {embeddings.shape[-1]}, the UNet's "
@@ -352,6 +351,7 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         if self.uncond_embedding is not None:
             save_file({"uncond_embedding": self.uncond_embedding.detach().cpu().contiguous()},
                       str(folder / "uncond_embedding.safetensors"))
+        record_checksums(folder)  # a .sha256 beside every weight file, verified by from_pretrained
         write_versioned_config(folder / GENERATOR_CONFIG, kind=type(self).__name__, version=GENERATOR_FORMAT_VERSION,
                                data=self.generator_config(), sort_keys=False)
         return folder
@@ -359,14 +359,18 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, torch_dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None,
-                        expected_embedding_shape: tuple[int, int] | None = None) -> UNetVariationGenerator:
+                        expected_embedding_shape: tuple[int, int] | None = None,
+                        verify: bool | None = None) -> UNetVariationGenerator:
         """Load a folder written by :meth:`save_pretrained` (e.g. the shipped demo generator).
 
         The scheduler is loaded as ``UniPCMultistepScheduler`` from the saved config.
 
+        ``verify``: check the ``.sha256`` sidecars of the weight files when present (default on; ``False`` or
+        ``$MINDEYE_VERIFY_WEIGHTS=0`` skips it).
+
         Raises:
-            CheckpointError: a missing file (exact path), a config for another class, or embeddings
-                of a shape other than ``expected_embedding_shape``.
+            CheckpointError: a missing file (exact path), a damaged weight file (sha256 mismatch), a config
+                for another class, or embeddings of a shape other than ``expected_embedding_shape``.
         """
         from diffusers import AutoencoderKL, UNet2DConditionModel, UniPCMultistepScheduler
         from safetensors.torch import load_file
@@ -380,6 +384,7 @@ class UNetVariationGenerator(torch.nn.Module, Generator):
         # files written before format versions were recorded (the shipped demo generator) are version 1
         cfg = read_versioned_config(folder / GENERATOR_CONFIG, kind=cls.__name__, version=GENERATOR_FORMAT_VERSION,
                                     error=CheckpointError, missing_version=1).data
+        verify_checksums(folder, verify=verify)
         kw: dict[str, Any] = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), **kw)
         vae = AutoencoderKL.from_pretrained(str(folder / "vae"), **kw)

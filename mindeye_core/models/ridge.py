@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 
 from ..configfile import read_versioned_config, write_versioned_config
 from ..errors import CheckpointError, ConfigMismatchError, DataFormatError, MindEyeError
-from ..io import check_expected_config, load_weights_file
+from ..io import check_expected_config, load_weights_file, write_sha256
 
 __all__ = ["RidgeBaseline", "NotFittedError", "DEFAULT_ALPHAS"]
 
@@ -305,7 +305,7 @@ class RidgeBaseline:
 
     # ------------------------------------------------------------- save/load
     def save(self, folder: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (coef, intercept, voxel stats, CV curve)."""
+        """Write ``config.json`` + ``model.safetensors`` (coef, intercept, voxel stats, CV curve) + its ``.sha256``."""
         self._check_fitted("save")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -318,6 +318,7 @@ class RidgeBaseline:
         }
         tmp = folder / (_WEIGHTS_NAME + ".tmp")
         save_file(tensors, str(tmp), metadata={"format": "pt", "class": "RidgeBaseline"})
+        write_sha256(tmp, name=_WEIGHTS_NAME)  # verified by load (load_weights_file)
         tmp.replace(folder / _WEIGHTS_NAME)
         payload = {
             **self.config,

@@ -21,7 +21,6 @@ discarded. Any other global is refused, naming it.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +28,7 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import CheckpointError
+from ..io import file_sha256  # re-exported: the official checkpoint's provenance hash
 
 __all__ = [
     "TRAINING_STATE_GLOBALS",
@@ -70,15 +70,6 @@ TRAINING_STATE_GLOBALS: Mapping[str, Any] = {
     "torch.optim.adam.Adam": InertTrainingState,
 }
 """Globals of pickled *training state* replaced by inert stand-ins (everything else is refused)."""
-
-
-def file_sha256(path: str | Path, chunk_bytes: int = 16 << 20) -> str:
-    """Hex SHA-256 of a file, read in ``chunk_bytes`` pieces (constant memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _torch_load(path: Path) -> Any:

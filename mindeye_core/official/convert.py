@@ -44,9 +44,9 @@ import torch
 from .. import __version__
 from ..configfile import dump_versioned_config
 from ..errors import CheckpointError, MindEyeError
-from ..io import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from ..io import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, write_sha256
 from ..paths import cache_dir
-from ..staging import discard_partial, publish_partial, start_partial
+from ..staging import begin
 from .checkpoint import file_sha256, load_official_checkpoint, official_model_state
 from .layout import OFFICIAL_MODELS, MappedCheckpoint, map_official_state
 
@@ -192,7 +192,9 @@ def convert_official_checkpoint(
     Args:
         source: the ``.pth`` file (downloaded or local).
         model: ``"257x768"``, ``"1x768"`` or ``"lowlevel"``.
-        out: destination folder (replaced if it exists; written via ``<out>.partial``).
+        out: destination folder, written via ``<out>.partial`` (:mod:`mindeye_core.staging`); an existing
+            folder is replaced only if it holds a converted model of the same class (or nothing), once the new
+            one is complete.
         subject: NSD subject, recorded in the provenance.
         dtype: store floating tensors in this dtype (default: as in the file, float32).
         source_info: extra provenance (repo id, filename, revision) recorded with the hash.
@@ -209,17 +211,15 @@ def convert_official_checkpoint(
     mapped = map_official_state(official_model_state(top, source), model, where=str(source))
     sha256 = file_sha256(source)
     stored = dtype or torch.float32
-    partial = start_partial(out)
-    try:
-        write_safetensors(partial / WEIGHTS_NAME, mapped.tensors, dtype=dtype,
+    with begin(out, kind=mapped.cls.__name__, manifest=CONFIG_NAME, overwrite=True, sources=[source]) as staging:
+        weights = staging.partial / WEIGHTS_NAME
+        write_safetensors(weights, mapped.tensors, dtype=dtype,
                           metadata={"format": "pt", "class": mapped.cls.__name__, "source_sha256": sha256})
+        write_sha256(weights)
         provenance = _provenance(source, model, subject, sha256, top if "model_state_dict" in top else {}, mapped,
                                  stored, source_info)
-        text = dump_versioned_config(mapped.cls.__name__, FORMAT_VERSION, mapped.config, meta={"provenance": provenance})
-        publish_partial(out, CONFIG_NAME, text)
-    except BaseException:
-        discard_partial(out)
-        raise
+        text = dump_versioned_config(mapped.cls.__name__, FORMAT_VERSION, mapped.cls.complete_config(mapped.config), meta={"provenance": provenance})
+        staging.publish(text)
     return out
 
 

@@ -46,6 +46,7 @@ import h5py
 import numpy as np
 
 from ...errors import ConfigMismatchError, DataFormatError
+from ...staging import h5_writing
 from ..format import SPLIT_TEST, SPLIT_TRAIN, DatasetWriter, read_manifest
 from ..noise_ceiling import ncsnr as compute_ncsnr
 from ..noise_ceiling import noise_ceiling
@@ -339,10 +340,23 @@ def noise_ceiling_summary(nc: np.ndarray, areas: np.ndarray | None = None) -> di
     return out
 
 
+def _put(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    """One dataset with a fletcher32 checksum (empty arrays cannot be chunked: stored plain)."""
+    data = np.asarray(data)
+    group.create_dataset(name, data=data, fletcher32=bool(data.size))
+
+
+def estimated_bytes(config: DemoWorldConfig) -> int:
+    """A lower bound of a generated world's size: the betas uncompressed, the images at half their raw size."""
+    trials = (config.n_test_images + config.n_train_images) * config.repetitions
+    betas = trials * sum(config.voxels) * np.dtype(config.betas_dtype).itemsize
+    return int(betas + config.n_images * config.image_size ** 2 * 3 // 2)
+
+
 def _write_labels(h5: h5py.File, labels: StimulusLabels) -> None:
     g = h5.create_group("labels")
     for name in StimulusLabels.ARRAYS:
-        g.create_dataset(name, data=getattr(labels, name))
+        _put(g, name, getattr(labels, name))
     vocab = {
         "categories": list(CATEGORIES), "colours": list(COLOUR_NAMES), "sizes": list(SIZE_NAMES),
         "positions": list(POSITIONS), "backgrounds": list(BACKGROUNDS), "skies": list(SKY_NAMES),
@@ -366,20 +380,20 @@ def generate_demo_world(
     from tqdm.auto import tqdm
 
     root = Path(root)
-    if root.exists() and not overwrite:
-        raise FileExistsError(f"dataset folder already exists: {root} (pass overwrite=True to replace it)")
     t0 = time.perf_counter()
-    scenes = sample_scenes(_rng(config.seed, _STREAM_STIMULI), config.n_images, max_objects=config.max_objects)
-    images, labels, captions = render_scenes(
-        scenes, config.image_size, config.supersample, config.max_objects, progress=progress
-    )
-    t_stimuli = time.perf_counter() - t0
-    extractor = FeatureExtractor(config.image_size).calibrate(images[: min(256, config.n_test_images)])
-    test_features = extractor(images[: config.n_test_images])
     subjects_meta: dict[str, Any] = {}
-    with DatasetWriter(root, name=WORLD_NAME, world=WORLD_NAME, overwrite=overwrite, betas_dtype=config.betas_dtype) as w:
+    # the writer (lock, destination and free-space checks) comes first: a refusal costs no rendering
+    with DatasetWriter(root, name=WORLD_NAME, world=WORLD_NAME, overwrite=overwrite, betas_dtype=config.betas_dtype,
+                       required_bytes=estimated_bytes(config)) as w:
+        scenes = sample_scenes(_rng(config.seed, _STREAM_STIMULI), config.n_images, max_objects=config.max_objects)
+        images, labels, captions = render_scenes(
+            scenes, config.image_size, config.supersample, config.max_objects, progress=progress
+        )
+        t_stimuli = time.perf_counter() - t0
+        extractor = FeatureExtractor(config.image_size).calibrate(images[: min(256, config.n_test_images)])
+        test_features = extractor(images[: config.n_test_images])
         w.append_images(images, image_ids=np.arange(config.n_images), captions=captions)
-        with h5py.File(w.partial / EXTRA_NAME, "w") as extra:
+        with h5_writing(w.partial / EXTRA_NAME) as extra:
             _write_labels(extra, labels)
             vox = extra.create_group("voxels")
             for s, name in enumerate(tqdm(config.subjects, desc="subjects", disable=not progress, leave=False)):
@@ -401,7 +415,7 @@ def generate_demo_world(
                     ("exponent", c.exponent), ("gain", c.gain), ("target_ncsnr", sim.target_ncsnr),
                     ("ncsnr", snr.astype(np.float32)), ("noise_ceiling", nc.astype(np.float32)),
                 ):
-                    g.create_dataset(key, data=arr)
+                    _put(g, key, arr)
                 g.attrs["areas"] = json.dumps(list(AREAS))
                 subjects_meta[name] = {
                     "n_voxels": int(config.voxels[s]),

@@ -70,7 +70,7 @@ __all__ = [
     "umap_figure",
 ]
 
-TABS: tuple[str, ...] = ("trial", "browse", "retrieval", "umap", "metrics")
+TABS: tuple[str, ...] = ("trial", "browse", "retrieval", "umap", "metrics", "subjects", "brain", "lab")
 """Tab ids, in page order (the ``tab`` query parameter)."""
 PAGE_SIZE = 24
 """Test images per gallery page."""

@@ -8,6 +8,8 @@ and starts the server. Tabs are added by one ``_*_tab`` function each, so new pa
 from __future__ import annotations
 
 import os
+import random
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +20,7 @@ import gradio as gr  # noqa: E402
 from gradio.components.plot import PlotData  # noqa: E402
 
 from . import callbacks as cb  # noqa: E402
+from . import panels as pn  # noqa: E402
 from .store import ExplorerStore  # noqa: E402
 
 __all__ = ["GENERATE_CONCURRENCY", "QUEUE_MAX_SIZE", "build_demo", "free_port", "launch_app", "launch_kwargs",
@@ -31,7 +34,7 @@ BROWSE_CONCURRENCY = 4
 QUEUE_MAX_SIZE = 64
 """Events waiting at most; beyond that users are told the queue is full."""
 TAB_TITLES = {"trial": "Trial", "browse": "Browse test images", "retrieval": "Retrieval", "umap": "UMAP",
-              "metrics": "Metrics"}
+              "metrics": "Metrics", "subjects": "Subjects side by side", "brain": "Brain view", "lab": "Decoding lab"}
 _IMAGE = dict(format="png", type="numpy", height=200, elem_classes=["pixelated"], interactive=False,
               buttons=["download", "fullscreen"])
 _COPY_JS = """(q) => {
@@ -102,6 +105,8 @@ _TRIAL_KEYS = ("trial", "header", "seen", "blurry", "final", "note", "compare", 
                "ridge_blurry", "ridge_final", "ridge_final_me", "ridge_note", "retrieval_summary",
                "image_retrieval", "brain_retrieval", "umap")
 _SUBJECT_KEYS = ("table1", "table5", "gallery", "page", "page_label", "trial_max")
+_PANEL_KEYS = ("subjects_gallery", "subjects_table", "subjects_note", "brain_plot", "brain_summary", "brain_note")
+_LAB_KEYS = ("lab_seen", "lab_blurry", "lab_final", "lab_candidates", "lab_nearest", "lab_note", "lab_state")
 
 
 # ------------------------------------------------------------------------------------ builders
@@ -146,6 +151,15 @@ def _trial_tab(p: _Page) -> None:
         p["ridge_final"] = gr.Image(label="Ridge final", elem_id="ridge-final", **_IMAGE)
         p["ridge_final_me"] = gr.Image(label="MindEye final", elem_id="mindeye-final", **_IMAGE)
     p["ridge_note"] = gr.Markdown()
+    gr.Markdown("#### Single trial vs the 3-trial average (decoded live with the trial's seed)")
+    with gr.Row(equal_height=True):
+        p["mode"] = gr.Radio(list(pn.MODES), value=pn.AVERAGE, label="Betas decoded", elem_id="trial-mode", scale=2)
+        p["download_btn"] = gr.Button("Download this trial (.zip)", scale=0, min_width=200, elem_id="download-btn")
+        p["download"] = gr.File(label="Trial download", interactive=False, elem_id="download", scale=1, height=80)
+    with gr.Row():
+        p["single_blurry"] = gr.Image(label="Blurry (this mode)", elem_id="single-blurry", **_IMAGE)
+        p["single_final"] = gr.Image(label="Final (this mode, current strength)", elem_id="single-final", **_IMAGE)
+        p["single_note"] = gr.Markdown(elem_id="single-note")
 
 
 def _browse_tab(p: _Page) -> None:
@@ -199,15 +213,89 @@ def _metrics_tab(p: _Page) -> None:
                          elem_id="chart")
 
 
+def _subjects_tab(p: _Page) -> None:
+    p["subjects_note"] = gr.Markdown(elem_id="subjects-note")
+    p["subjects_gallery"] = gr.Gallery(label="Every subject's reconstruction of this image: MindEye blurry, MindEye "
+                                       "final, ridge blurry, ridge final", columns=4, height="auto", format="png",
+                                       elem_id="subjects-gallery", elem_classes=["pixelated"], allow_preview=False,
+                                       interactive=False)
+    p["subjects_table"] = gr.Dataframe(label="Retrieval ranks and CLIP scores", interactive=False, wrap=True,
+                                       elem_id="subjects-table")
+
+
+def _brain_tab(p: _Page) -> None:
+    with gr.Row():
+        p["brain_mode"] = gr.Radio(list(pn.MODES), value=pn.AVERAGE, label="Betas", elem_id="brain-mode")
+        p["brain_value"] = gr.Radio(["beta", "noise ceiling"], value="beta", label="Colour by", elem_id="brain-value")
+    p["brain_note"] = gr.Markdown(elem_id="brain-note")
+    p["brain_plot"] = gr.Plot(label="Voxels at their pRF centres (V1-hV4) and high-level areas", elem_id="brain-plot")
+    p["brain_summary"] = gr.Dataframe(label="Per area", interactive=False, elem_id="brain-summary")
+
+
+def _lab_tab(p: _Page, store: ExplorerStore) -> None:
+    from mindeye_core.data.demo import BACKGROUNDS, CATEGORIES, COLOUR_NAMES, POSITIONS, SIZE_NAMES
+
+    world = store.world_data
+    if world is None or not world.can_simulate or not store.reconstructors and not store.live_loading:
+        why = store.world_problem or store.live_problem or f"the {world.world!r} world has no simulated cortex"
+        p["lab_off"] = gr.Markdown(f"The decoding lab needs the demo world's dataset and the live models: {why}.",
+                                   elem_id="lab-off")
+        return
+    gr.Markdown("Compose a scene nobody has seen (or draw a random one): the subject's simulated cortex responds "
+                "(the forward model that made the dataset, with fresh noise), and the trained MindEye decodes it "
+                "live. Nothing here is precomputed.")
+    defaults = [("star", "red", "large", "center"), ("circle", "blue", "small", "top left"),
+                ("square", "yellow", "medium", "bottom right")]
+    p["lab_objects"] = []
+    for k, (cat, col, size, pos) in enumerate(defaults):
+        with gr.Row(equal_height=True):
+            row = [gr.Checkbox(value=k == 0, label=f"object {k + 1}", scale=0, min_width=100,
+                               elem_id=f"lab-use-{k}"),
+                   gr.Dropdown(list(CATEGORIES), value=cat, label="shape", elem_id=f"lab-shape-{k}"),
+                   gr.Dropdown(list(COLOUR_NAMES), value=col, label="colour", elem_id=f"lab-colour-{k}"),
+                   gr.Dropdown(list(SIZE_NAMES), value=size, label="size", elem_id=f"lab-size-{k}"),
+                   gr.Dropdown(list(POSITIONS), value=pos, label="position", elem_id=f"lab-position-{k}")]
+        p["lab_objects"].extend(row)
+    with gr.Row(equal_height=True):
+        p["lab_background"] = gr.Dropdown(list(BACKGROUNDS), value=BACKGROUNDS[0], label="background",
+                                          elem_id="lab-background")
+        p["lab_seed"] = gr.Number(value=1, precision=0, minimum=0, label="seed (scene details, noise, decoding)",
+                                  elem_id="lab-seed")
+        p["lab_subject"] = gr.Dropdown(store.subjects, value=store.subjects[0], label="subject", elem_id="lab-subject")
+        p["lab_noise"] = gr.Slider(0.0, 3.0, value=1.0, step=0.1, label="noise level (1 = the dataset's)",
+                                   elem_id="lab-noise")
+        p["lab_reps"] = gr.Radio([1, 2, 3], value=3, label="repetitions averaged", elem_id="lab-reps")
+    with gr.Row(equal_height=True):
+        p["lab_decode"] = gr.Button("Decode this scene", variant="primary", elem_id="lab-decode")
+        p["lab_random"] = gr.Button("Random unseen scene", elem_id="lab-random")
+        p["lab_strength"] = gr.Slider(0.0, 1.0, value=store.default_strength, step=0.01, label="img2img strength",
+                                      elem_id="lab-strength", scale=2)
+    p["lab_note"] = gr.Markdown(elem_id="lab-note")
+    with gr.Row():
+        p["lab_seen"] = gr.Image(label="New scene (seen)", elem_id="lab-seen", **_IMAGE)
+        p["lab_blurry"] = gr.Image(label="Blurry (decoded)", elem_id="lab-blurry", **_IMAGE)
+        p["lab_final"] = gr.Image(label="Final (decoded)", elem_id="lab-final", **_IMAGE)
+    p["lab_candidates"] = gr.Gallery(label="Best-of-N candidates (CLIP score)", columns=4, height=180, format="png",
+                                     elem_id="lab-candidates", elem_classes=["pixelated"], allow_preview=False,
+                                     interactive=False)
+    p["lab_nearest"] = gr.Gallery(label="Nearest test images to the new brain sample (brain → image)",
+                                  columns=pn.NEAREST_K, height=180, format="png", elem_id="lab-nearest",
+                                  elem_classes=["pixelated"], allow_preview=False, interactive=False)
+    p["lab_state"] = gr.State(None)
+
+
 TAB_BUILDERS: dict[str, Callable[..., None]] = {"trial": lambda p, s: _trial_tab(p),
                                                 "browse": lambda p, s: _browse_tab(p),
                                                 "retrieval": lambda p, s: _retrieval_tab(p),
                                                 "umap": _umap_tab,
-                                                "metrics": lambda p, s: _metrics_tab(p)}
+                                                "metrics": lambda p, s: _metrics_tab(p),
+                                                "subjects": lambda p, s: _subjects_tab(p),
+                                                "brain": lambda p, s: _brain_tab(p),
+                                                "lab": _lab_tab}
 
 
 # ------------------------------------------------------------------------------------ wiring
-def _wire(p: _Page, store: ExplorerStore, demo: gr.Blocks) -> None:
+def _wire(p: _Page, store: ExplorerStore, demo: gr.Blocks, downloads: Path) -> None:
     trial_out = p.pick(*_TRIAL_KEYS)
     subject_out = p.pick(*_SUBJECT_KEYS)
 
@@ -257,6 +345,49 @@ def _wire(p: _Page, store: ExplorerStore, demo: gr.Blocks) -> None:
         v = cb.candidates_view(store, subject, trial)
         return v.items, v.note
 
+    def on_panels(subject: str, trial: Any, strength: float, brain_mode: str, brain_value: str) -> dict[Any, Any]:
+        sv = pn.subjects_view(store, subject, trial, strength)
+        out = {p["subjects_gallery"]: sv.items, p["subjects_table"]: sv.table, p["subjects_note"]: sv.note}
+        out.update(on_brain(subject, trial, brain_mode, brain_value))
+        return out
+
+    def on_brain(subject: str, trial: Any, brain_mode: str, brain_value: str) -> dict[Any, Any]:
+        bv = pn.brain_view(store, subject, trial, brain_mode, brain_value)
+        return {p["brain_plot"]: _plot(bv.figure), p["brain_summary"]: bv.summary, p["brain_note"]: bv.note}
+
+    def on_single(subject: str, trial: Any, mode: str, strength: float) -> tuple[Any, Any, str]:
+        v = pn.single_trial_view(store, subject, trial, mode, strength)
+        return v.blurry, v.final, v.note
+
+    def on_download(subject: str, trial: Any, strength: float) -> str:
+        data, name = pn.trial_zip(store, subject, trial, strength)
+        path = downloads / name
+        path.write_bytes(data)
+        return str(path)
+
+    def lab_outputs(r: pn.LabResult) -> dict[Any, Any]:
+        return {p["lab_seen"]: r.seen, p["lab_blurry"]: r.blurry, p["lab_final"]: r.final,
+                p["lab_candidates"]: r.candidates, p["lab_nearest"]: r.nearest, p["lab_note"]: r.note,
+                p["lab_state"]: r}
+
+    def on_lab_decode(*args: Any) -> dict[Any, Any]:
+        n = len(p["lab_objects"])
+        rows = [args[k:k + 5] for k in range(0, n, 5)]
+        background, seed, subject, noise, reps, strength = args[n:]
+        scene, _ = pn.lab_scene(store, rows, background, seed)
+        return lab_outputs(pn.lab_decode(store, subject, scene, noise, reps, seed, strength))
+
+    def on_lab_random(subject: str, noise: float, reps: int, strength: float) -> dict[Any, Any]:
+        seed = random.randrange(2**31)
+        scene, rows, background = pn.lab_random_scene(seed)
+        out = lab_outputs(pn.lab_decode(store, subject, scene, noise, reps, seed, strength))
+        out.update(dict(zip(p["lab_objects"], [v for row in rows for v in row])))
+        out.update({p["lab_background"]: background, p["lab_seed"]: seed})
+        return out
+
+    def on_lab_strength(state: pn.LabResult | None, strength: float) -> tuple[Any, Any, str]:
+        return pn.lab_strength(store, state, strength)
+
     def on_page(subject: str, page: Any, step: int) -> dict[Any, Any]:
         g = cb.gallery_page(store, subject, (int(page or 0) + step))
         return {p["gallery"]: g.items, p["page"]: g.page, p["page_label"]: g.label}
@@ -278,11 +409,35 @@ def _wire(p: _Page, store: ExplorerStore, demo: gr.Blocks) -> None:
                             [*trial_out, p["tabs"], p["tab"]], api_name=False, **common),
         p["umap"].click(on_umap, [p["subject"], p["strength"]], trial_out, api_name=False, **common),
     ]
+    panels = dict(fn=on_panels, inputs=[p["subject"], p["trial"], p["strength"], p["brain_mode"], p["brain_value"]],
+                  outputs=p.pick(*_PANEL_KEYS), **common)
+    single = dict(fn=on_single, inputs=[p["subject"], p["trial"], p["mode"], p["strength"]],
+                  outputs=p.pick("single_blurry", "single_final", "single_note"), **generate)
     for k, event in enumerate(trial_events):
         event.success(api_name="candidates" if k == 0 else False, **candidates)
+        event.success(api_name="panels" if k == 0 else False, **panels)
+        event.success(api_name=False, **single)
     p["strength"].release(on_strength, [p["subject"], p["trial"], p["strength"]],
                           p.pick("strength", "final", "note", "compare", "chart"), api_name="strength",
-                          trigger_mode="always_last", **generate)
+                          trigger_mode="always_last", **generate).success(api_name=False, **single)
+    p["mode"].input(api_name="single_trial", trigger_mode="always_last", **single)
+    for key in ("brain_mode", "brain_value"):
+        p[key].input(on_brain, [p["subject"], p["trial"], p["brain_mode"], p["brain_value"]],
+                     p.pick("brain_plot", "brain_summary", "brain_note"), api_name="brain" if key == "brain_mode" else False,
+                     **common)
+    p["download_btn"].click(on_download, [p["subject"], p["trial"], p["strength"]], p["download"], api_name="download",
+                            **generate)
+    if "lab_decode" in p.c:
+        lab_in = [*p["lab_objects"], *p.pick("lab_background", "lab_seed", "lab_subject", "lab_noise", "lab_reps",
+                                             "lab_strength")]
+        lab_out = [*p.pick(*_LAB_KEYS)]
+        p["lab_decode"].click(on_lab_decode, lab_in, lab_out, api_name="lab_decode", **generate)
+        p["lab_random"].click(on_lab_random, p.pick("lab_subject", "lab_noise", "lab_reps", "lab_strength"),
+                              [*lab_out, *p["lab_objects"], p["lab_background"], p["lab_seed"]], api_name="lab_random",
+                              **generate)
+        p["lab_strength"].release(on_lab_strength, p.pick("lab_state", "lab_strength"),
+                                  p.pick("lab_final", "lab_candidates", "lab_note"), api_name="lab_strength",
+                                  trigger_mode="always_last", **generate)
     for key, step in (("prev", -1), ("next", 1), ("page", 0)):
         event = p[key].submit if key == "page" else p[key].click
         event(lambda s, pg, _step=step: on_page(s, pg, _step), [p["subject"], p["page"]],
@@ -294,7 +449,8 @@ def _wire(p: _Page, store: ExplorerStore, demo: gr.Blocks) -> None:
 
 
 def build_demo(store: ExplorerStore) -> gr.Blocks:
-    """The explorer for ``store``: controls, five tabs, deep links; a banner only when nothing is loaded."""
+    """The explorer for ``store``: controls, the tabs of :data:`app.callbacks.TABS`, deep links; a banner only
+    when nothing is loaded. Trial downloads are written to a fresh temporary folder (one per page build)."""
     with gr.Blocks(title="MindEye Explorer", analytics_enabled=False) as demo:
         gr.Markdown("# MindEye Explorer\nfMRI → image reconstruction and retrieval "
                     "(Scotti et al., NeurIPS 2023), browsed from a results bundle.")
@@ -311,7 +467,7 @@ def build_demo(store: ExplorerStore) -> gr.Blocks:
                 with gr.Tab(TAB_TITLES[tab_id], id=tab_id, elem_id=f"tab-{tab_id}") as item:
                     TAB_BUILDERS[tab_id](p, store)
                 p["tab_items"][tab_id] = item
-        _wire(p, store, demo)
+        _wire(p, store, demo, Path(tempfile.mkdtemp(prefix="mindeye-downloads-")))
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=BROWSE_CONCURRENCY)
     return demo
 

@@ -337,13 +337,17 @@ class ExplorerStore:
     _loading: threading.Thread | None = None
     _stimuli: np.ndarray | None = None
     _memo: OrderedDict[tuple[str, int], Any] = field(default_factory=OrderedDict)
+    world_data: Any = None
+    world_problem: str | None = None
+    _clip: dict[int, np.ndarray] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- construction
     @classmethod
     def open(cls, source: str | Path | None = None, *, revision: str | None = None, live: bool | None = None,
              brain_root: str | Path | None = None,
              live_loader: Callable[[ExplorerStore], Mapping[str, Any]] | None = None,
-             opener: Callable[..., BundleReader] | None = None, background: bool = False) -> ExplorerStore:
+             opener: Callable[..., BundleReader] | None = None, background: bool = False,
+             data: str | Path | bool | None = None) -> ExplorerStore:
         """Open a bundle and, on the demo world (``live`` not ``False``), the live reconstructors.
 
         Never raises for a missing or unreadable bundle or model: the reason lands in :attr:`problem` /
@@ -360,6 +364,10 @@ class ExplorerStore:
             opener: ``opener(source, revision=...)`` replacing ``mindeye_core.results.results_from_hub``.
             background: load the live models in a background thread (the app serves the precomputed
                 views meanwhile; :attr:`live_loading` is true until they are in); see :meth:`wait_live`.
+            data: the dataset the bundle was built from (brain view, single trials, decoding lab;
+                :mod:`app.world`): a folder, ``False`` for none, ``None`` (default) for
+                :func:`app.world.default_world_root` on the demo world; why it is missing lands in
+                :attr:`world_problem`.
         """
         src = str(source) if source is not None else default_results_source()
         try:
@@ -378,6 +386,7 @@ class ExplorerStore:
                 store._stimuli = np.asarray(bundle.stimulus_images())  # the test images, held in memory
         except (MindEyeError, OSError, KeyError, ValueError) as exc:
             return cls(source=src, problem=f"The results bundle {src!r} cannot be read: {exc}. {BUILD_HINT}")
+        store._open_world(data)
         if live is False or (live is None and store.world != "demo"):
             store.live_problem = (f"live generation is off for the {store.world!r} world" if live is None
                                   else "live generation was turned off (--no-live)")
@@ -390,6 +399,19 @@ class ExplorerStore:
         else:
             store._load_live(loader)
         return store
+
+    def _open_world(self, data: str | Path | bool | None) -> None:
+        from .world import default_world_root, open_world
+
+        if data is False or (data is None and self.world != "demo"):
+            self.world_problem = "no dataset beside the bundle" if data is False else (
+                f"the {self.world!r} world's dataset is not opened by default (pass data=)")
+            return
+        root = default_world_root() if data is None or data is True else Path(data)
+        voxels = {name: c.reader.info.get("n_voxels") for name, c in self._subjects.items()}
+        fingerprint = self.provenance.get("dataset_manifest_sha256")
+        self.world_data, self.world_problem = open_world(root, voxels, fingerprint if isinstance(fingerprint, str)
+                                                         else None)
 
     def _load_live(self, loader: Callable[[ExplorerStore], Mapping[str, Any]]) -> None:
         try:
@@ -592,3 +614,51 @@ class ExplorerStore:
         final = candidates[picked] if all_candidates else candidates[0]
         scores = None if out.scores is None else out.scores[0].numpy()
         return LiveResult(final=final, candidates=candidates, scores=scores, picked=picked, seconds=seconds, seed=seed)
+
+    # ---------------------------------------------------------------- live decoding (new panels)
+    def reconstruct_voxels(self, subject: str, voxels: np.ndarray, seed: int,
+                           strengths: Sequence[float] | None = None) -> Any:
+        """``Reconstructor.reconstruct`` of one brain sample ``voxels`` ``(V,)`` with ``seed`` (the lab, single
+        trials): a :class:`~mindeye_core.recon.ReconstructionOutput` of one trial, candidates kept.
+
+        Raises:
+            RuntimeError: no reconstructor for ``subject`` (:attr:`live_problem` says why).
+        """
+        rec = self.reconstructors.get(subject)
+        if rec is None:
+            raise RuntimeError(f"live decoding is unavailable for {subject}: "
+                               f"{self.live_problem or 'its brain model is not loaded'}")
+        import torch
+
+        v = torch.from_numpy(np.asarray(voxels, np.float32).reshape(1, -1))
+        with self._lock:
+            return rec.reconstruct(v, [int(seed)], strengths=strengths)
+
+    def regenerate_output(self, subject: str, out: Any, strength: float) -> Any:
+        """The best of the K candidates of a :meth:`reconstruct_voxels` output at another ``strength``
+        (``Reconstructor.regenerate`` with its prior samples, blurry image, seed and projector)."""
+        rec = self.reconstructors[subject]
+        with self._lock:
+            return rec.regenerate(out.prior_samples, out.blurry, [int(out.seeds[0])], float(strength),
+                                  projector=out.projector)
+
+    def clip_embeddings(self, subject: str) -> np.ndarray:
+        """``(N, T*D)`` unit-norm CLIP image embeddings of ``subject``'s test images (sample order), from
+        the live encoder; computed once for all the bundle's stimuli (the retrieval space of the bundle's
+        ``similarity``: cosine(projector output, CLIP image embedding), flattened tokens)."""
+        import torch
+
+        from mindeye_core.similarity import normalise
+
+        rec = self.reconstructors.get(subject)
+        if rec is None:
+            raise RuntimeError(f"no live encoder for {subject}: {self.live_problem or 'models not loaded'}")
+        key = id(rec.encoder)
+        with self._lock:
+            emb = self._clip.get(key)
+            if emb is None:
+                images = self._stimuli if self._stimuli is not None else np.asarray(self.bundle.stimulus_images())
+                x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+                emb = normalise(rec.encoder.encode_batches(x, batch_size=64).reshape(x.shape[0], -1).numpy())
+                self._clip[key] = emb
+        return emb[self.subject(subject).stimulus_rows]

@@ -45,16 +45,20 @@ def _metrics(rng: np.random.Generator, strengths: list[float]) -> dict[str, Any]
 
 def write_test_bundle(root: Path, *, subjects: tuple[str, ...] = SUBJECTS, n: int = N, k: int = K,
                       steps: int = STEPS, seed: int = 0, light: bool = False,
-                      metrics: dict[str, Any] | None = None) -> Path:
+                      metrics: dict[str, Any] | None = None, images: np.ndarray | None = None,
+                      image_index: np.ndarray | None = None, voxels: dict[str, np.ndarray] | None = None) -> Path:
     """A format-2 bundle of ``subjects`` (``n`` samples, ``k`` candidates, tokens 65 x 128, random 64 x 64
     images, the default strength grid, ridge, UMAP; live generation at ``steps``). ``light``: finals at
     0.15 and 0.5 only, no candidate images, no prior samples, no embeddings, float16 voxels (20 per sample,
-    the tiny brain models' input) instead.
+    the tiny brain models' input) instead. ``images`` / ``image_index`` / ``voxels`` (subject -> ``(n, V)``):
+    a demo world's test images, their dataset rows and averaged betas instead of random ones (every subject
+    then sees the images in the same order).
     ``benchmarks/bench_app.py --synthetic`` uses it too."""
     rng = np.random.default_rng(seed)
     with ResultsWriter(root, world="demo", dataset="test-bundle") as w:
-        stim_index = np.arange(100, 100 + n)
-        w.add_stimuli(stim_index, rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8))
+        n = n if images is None else len(images)
+        stim_index = np.arange(100, 100 + n) if image_index is None else np.asarray(image_index)
+        w.add_stimuli(stim_index, rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8) if images is None else images)
         strengths = w.strengths
         default = strengths.index(w.default_strength)
         for s_i, name in enumerate(subjects):
@@ -69,8 +73,10 @@ def write_test_bundle(root: Path, *, subjects: tuple[str, ...] = SUBJECTS, n: in
                 finals, cand, prior = finals[[default, strengths.index(0.5)]], None, None
                 extra = dict(stored_strengths=[0.15, 0.5], embedding_shape=(T, D), store_embeddings=False,
                              voxels=rng.standard_normal((n, 20)).astype(np.float16))
+            if voxels is not None:
+                extra["voxels"] = np.asarray(voxels[name], np.float16)
             w.add_subject(
-                name, image_index=stim_index[rng.permutation(n)] if s_i else stim_index,
+                name, image_index=stim_index[rng.permutation(n)] if s_i and images is None else stim_index,
                 seeds=np.arange(n) + 1000 * s_i, finals=finals, candidates=cand, candidate_scores=scores,
                 prior_samples=prior, **extra,
                 brain_embeddings=clip + 1.5 * rng.standard_normal((n, T, D)).astype(np.float32),
@@ -87,13 +93,21 @@ def write_test_bundle(root: Path, *, subjects: tuple[str, ...] = SUBJECTS, n: in
     return root
 
 
-def save_test_brains(root: Path, subjects: tuple[str, ...] = SUBJECTS) -> Path:
-    """Tiny random ``demo-highlevel``-shaped brain models (tokens 65 x 128) at ``root/<subject>/highlevel``."""
+def save_test_brains(root: Path, subjects: tuple[str, ...] = SUBJECTS, n_voxels: dict[str, int] | None = None,
+                     lowlevel: bool = False) -> Path:
+    """Tiny random ``demo-highlevel``-shaped brain models (tokens 65 x 128) at ``root/<subject>/highlevel``
+    (``n_voxels[subject]`` inputs, default 20), and with ``lowlevel`` tiny ``demo-lowlevel`` models (tiny-VAE
+    latents) at ``root/<subject>/lowlevel``."""
     from mindeye_core.models import create_model
 
     for s in subjects:
-        create_model("demo-highlevel", n_voxels=20, hidden=16, n_blocks=1, proj_hidden=16, prior_depth=1,
+        v = (n_voxels or {}).get(s, 20)
+        create_model("demo-highlevel", n_voxels=v, hidden=16, n_blocks=1, proj_hidden=16, prior_depth=1,
                      prior_heads=2, prior_dim_head=8, prior_timesteps=10).save_pretrained(root / s / "highlevel")
+        if lowlevel:
+            create_model("demo-lowlevel", n_voxels=v, hidden=16, n_blocks=1, latent_channels=8,
+                         block_out_channels=[8, 16, 16], norm_num_groups=4, proj_dim=16).save_pretrained(
+                root / s / "lowlevel")
     return root
 
 

@@ -407,7 +407,7 @@ def test_cli_demo_writes_summary_and_contact_sheet(small_world: Path, tmp_path: 
     assert sheet.width > 6 * 150 and sheet.height > 8 * 150
     # a different config in the same folder is refused with a clear message, not silently reused
     assert main(["demo", "--out", str(world), "--quiet", "--noise-level", "2"]) == 1
-    assert "config differs" in capsys.readouterr().out
+    assert "config differs" in capsys.readouterr().err
 
 
 @pytest.mark.slow

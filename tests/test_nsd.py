@@ -16,7 +16,7 @@ from mindeye_core.cli import main
 from mindeye_core.data import FMRIDataset, open_dataset
 from mindeye_core.data import nsd
 from mindeye_core.data.nsd import convert_nsd, iter_shard
-from mindeye_core.errors import DataFormatError, MindEyeError
+from mindeye_core.errors import DataFormatError, DestinationError, MindEyeError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_nsd import TINY_VOXELS, FakeSample, make_fake_nsd, sample_members, write_tar  # noqa: E402
@@ -232,8 +232,15 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="already exists"):
         _convert(tmp_path / "raw", out)
     assert (out / "keep.txt").exists()
+    # issue 16: --overwrite only replaces a dataset (or an empty folder), never a folder holding the user's files
+    with pytest.raises(DestinationError, match="refusing to overwrite"):
+        _convert(tmp_path / "raw", out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
     _convert(tmp_path / "raw", out, overwrite=True)
-    assert not (out / "keep.txt").exists() and open_dataset(out).n_images == 4
+    assert open_dataset(out).n_images == 4
+    _convert(tmp_path / "raw", out, overwrite=True)  # a dataset is replaced
+    assert open_dataset(out).n_images == 4
 
 
 def test_failed_overwrite_keeps_old_dataset(tmp_path):

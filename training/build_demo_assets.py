@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mindeye_core.cli import folder_arg, output_folder_arg, positive_int
 from mindeye_core.paths import ASSETS_DIR, cache_dir
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -440,17 +441,18 @@ def status(b: Build, subjects: Sequence[str]) -> str:
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--out", type=Path, default=ASSETS_DIR, help="where the shipped files go (default: assets/)")
-    ap.add_argument("--work", type=Path, default=None, help="work folder (default $MINDEYE_CACHE/build_demo)")
-    ap.add_argument("--world", type=Path, default=None, help="demo world (default $MINDEYE_DATA/demo, generated if missing)")
+    # folders and counts are checked when parsed (one-line errors before hours of training: mindeye_core.cli)
+    ap.add_argument("--out", type=output_folder_arg, default=ASSETS_DIR, help="where the shipped files go (default: assets/)")
+    ap.add_argument("--work", type=output_folder_arg, default=None, help="work folder (default $MINDEYE_CACHE/build_demo)")
+    ap.add_argument("--world", type=folder_arg, default=None, help="demo world (default $MINDEYE_DATA/demo, generated if missing)")
     ap.add_argument("--subjects", nargs="+", default=list(SUBJECTS), choices=list(SUBJECTS))
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--recon-batch", type=int, default=16, help="trials per reconstruction batch")
-    ap.add_argument("--steps", type=int, default=10,
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--recon-batch", type=positive_int, default=16, help="trials per reconstruction batch")
+    ap.add_argument("--steps", type=positive_int, default=10,
                     help="generator denoising steps (default 10: keeps the 4-subject build within 3 h on 2 CPU cores; "
                          "the generator's own default is 20)")
-    ap.add_argument("--n-samples", type=int, default=4, help="best-of-N candidates per trial")
+    ap.add_argument("--n-samples", type=positive_int, default=4, help="best-of-N candidates per trial")
     ap.add_argument("--override", action="append", default=[], metavar="STAGE.KEY=VALUE",
                     help="change a training config value, e.g. highlevel.epochs=2 (YAML value; repeatable)")
     ap.add_argument("--force", action="store_true", help="redo finished stages")

@@ -14,8 +14,11 @@ run needs on top:
   functions of ``(seed, e)`` only (:func:`epoch_order`), so a resumed run sees exactly the batches the
   uninterrupted one would have seen.
 - **checkpoints** every ``ckpt_every`` optimizer steps into ``OUT/checkpoints/step_XXXXXXXX`` (written to a
-  ``.partial`` folder and renamed, so a kill never leaves a torn checkpoint that looks complete; the two
-  newest are kept). ``--resume`` restores model, optimizer, LR scheduler, the training RNG and every
+  ``.partial`` folder, a ``.sha256`` beside each weight file, then swapped into place by
+  :func:`mindeye_core.staging.swap_into_place`, so a kill never leaves a torn checkpoint that looks complete;
+  the two newest are kept; resuming verifies the checksums). The run folder is locked
+  (:class:`mindeye_core.staging.WriterLock` on ``OUT.lock``) while a run writes it: a second run into the same
+  ``--out`` is refused naming the first one's pid; the lock of a killed run is taken over. ``--resume`` restores model, optimizer, LR scheduler, the training RNG and every
   process's global RNG states and continues bit-identically on the same machine.
 - **NaN guard**: a non-finite loss stops the run with :class:`TrainingDiverged`, naming the step and the
   last good checkpoint (which is left untouched).
@@ -29,6 +32,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 import types
@@ -41,6 +45,8 @@ import numpy as np
 import torch
 
 from mindeye_core.errors import CheckpointError, MindEyeError
+from mindeye_core.io import record_checksums, verify_checksums
+from mindeye_core.staging import WriterLock, lock_path, swap_into_place
 
 __all__ = [
     "RunState",
@@ -344,10 +350,9 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(partial), safe_serialization=True)
         if self.is_main:
+            record_checksums(partial)
             (partial / "progress.json").write_text(json.dumps({"step": int(step), **(extra or {})}) + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            partial.rename(final)
+            swap_into_place(partial, final)
             for old in self.checkpoints()[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
@@ -358,6 +363,7 @@ class Trainer:
         ckpts = self.checkpoints()
         if not ckpts:
             return 0
+        verify_checksums(ckpts[-1])  # CheckpointError naming a damaged weight file
         try:
             self.accelerator.load_state(str(ckpts[-1]))
         except (RuntimeError, KeyError, ValueError, OSError) as exc:
@@ -535,6 +541,21 @@ def read_log(path: str | Path) -> list[dict[str, float]]:
         return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items()} for r in csv.DictReader(fh)]
 
 
+_RUN_LOCKS: dict[Path, WriterLock] = {}
+"""Run folders this process writes (one run at a time per folder: a new run of the same folder replaces the entry)."""
+
+
+def _lock_run(out: Path) -> None:
+    """Lock ``out`` for this process (main process only; the kernel drops the lock when the process ends)."""
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) != 0:
+        return
+    key = Path(os.path.abspath(out))
+    previous = _RUN_LOCKS.pop(key, None)
+    if previous is not None:  # an earlier run of this process in the same folder has returned
+        previous.release()
+    _RUN_LOCKS[key] = WriterLock(lock_path(key), what=f"training run folder {out}").acquire()
+
+
 def start_run(cfg: Any, kind: str, resume: bool) -> Trainer:
     """Threads, run folder (refusing to overwrite a run without ``resume``), the :class:`Trainer`, ``config.yaml``."""
     from training.data import check_resume, default_out
@@ -542,6 +563,7 @@ def start_run(cfg: Any, kind: str, resume: bool) -> Trainer:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out) if cfg.out else default_out(kind, cfg.subject)
+    _lock_run(out)
     check_resume(out, cfg, resume)
     trainer = Trainer(out, precision=cfg.precision, grad_accum=cfg.grad_accum, device=cfg.device, seed=cfg.seed,
                       ckpt_every=cfg.ckpt_every, max_minutes=cfg.max_minutes, progress=cfg.progress)

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..cli import non_negative_float, non_negative_int, output_folder_arg, positive_int
 from ..paths import data_dir
+from ..staging import check_output_dir
 from .format import open_dataset
 
 SUMMARY_JSON = "summary.json"
@@ -210,13 +212,11 @@ def run_demo(args: argparse.Namespace) -> int:
     root = Path(args.out) if args.out else default_world_dir(args.seed, args.small)
     if custom and not args.out:
         root = root.with_name(root.name + f"-noise{config.noise_level:g}-train{config.n_train_images}")
-    try:
-        root, generated = ensure_demo_world(root, config, progress=not args.quiet, overwrite=args.overwrite)
-    except FileExistsError as exc:
-        print(f"error: {exc}")
-        return 1
-    print(("generated" if generated else "reusing") + f" demo world at {root}")
     report = Path(args.report_dir) if args.report_dir else root
+    check_output_dir(report, what="--report-dir")  # before generating, not after
+    # a refusal (another world there, a locked or full destination) is one line on stderr (mindeye_core.cli)
+    root, generated = ensure_demo_world(root, config, progress=not args.quiet, overwrite=args.overwrite)
+    print(("generated" if generated else "reusing") + f" demo world at {root}")
     report.mkdir(parents=True, exist_ok=True)
     summary = summarize_demo_world(root)
     (report / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
@@ -237,13 +237,14 @@ def register(subparsers: Any) -> None:
         description="Generate the demo world (procedural stimuli + 4 simulated subjects, deterministic from --seed), "
         "then write summary.json, summary.md and contact_sheet.png.",
     )
-    p.add_argument("--out", type=Path, default=None, help="world folder (default: $MINDEYE_DATA/demo)")
-    p.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
+    p.add_argument("--out", type=output_folder_arg, default=None, help="world folder (default: $MINDEYE_DATA/demo)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="master seed (default 0)")
     p.add_argument("--small", action="store_true", help="small world (150 test / 300 train images, ~300 voxels): seconds")
     p.add_argument("--overwrite", action="store_true", help="regenerate even if the folder already holds a world")
-    p.add_argument("--noise-level", type=float, default=None, help="scale every voxel's noise SD (default 1)")
-    p.add_argument("--train-images", type=int, default=None, help="training images per subject (default 3000)")
-    p.add_argument("--report-dir", type=Path, default=None, help="where to write the summary and contact sheet (default: the world folder)")
-    p.add_argument("--n-stimuli", type=int, default=48, help="stimuli on the contact sheet (default 48)")
+    p.add_argument("--noise-level", type=non_negative_float, default=None, help="scale every voxel's noise SD (default 1)")
+    p.add_argument("--train-images", type=positive_int, default=None, help="training images per subject (default 3000)")
+    p.add_argument("--report-dir", type=output_folder_arg, default=None,
+                   help="where to write the summary and contact sheet (default: the world folder)")
+    p.add_argument("--n-stimuli", type=positive_int, default=48, help="stimuli on the contact sheet (default 48)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_demo)

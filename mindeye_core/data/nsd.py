@@ -74,6 +74,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..cli import existing_folder_arg, output_folder_arg, positive_int
 from ..errors import DataFormatError, MindEyeError
 from ..paths import data_dir
 from .format import SPLIT_TEST, SPLIT_TRAIN, DatasetWriter
@@ -693,9 +694,10 @@ def import_nsd(
 
 # ---------------------------------------------------------------------------------------------- CLI
 def _add_convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", type=Path, default=None, help="dataset folder (default: $MINDEYE_DATA/nsd/canonical)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset once the new one is complete")
-    p.add_argument("--image-size", type=int, default=None, help="resize images to N x N (default: keep 256 x 256)")
+    p.add_argument("--output", type=output_folder_arg, default=None, help="dataset folder (default: $MINDEYE_DATA/nsd/canonical)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset (only a dataset, never the source) once the new one is complete")
+    p.add_argument("--image-size", type=positive_int, default=None, help="resize images to N x N (default: keep 256 x 256)")
     p.add_argument("--betas-dtype", choices=("float16", "float32"), default=None, help="default: as in the shards")
     p.add_argument(
         "--repetitions",
@@ -756,22 +758,24 @@ def register(subparsers: Any) -> None:
 
     d = sub.add_parser("download", help="download the shards of some subjects (resumes; progress bars)")
     _add_common(d)
-    d.add_argument("--raw-dir", type=Path, default=None, help="default: $MINDEYE_DATA/nsd/raw")
-    d.add_argument("--max-workers", type=int, default=8, help="parallel downloads")
+    d.add_argument("--raw-dir", type=output_folder_arg, default=None, help="default: $MINDEYE_DATA/nsd/raw")
+    d.add_argument("--max-workers", type=positive_int, default=8, help="parallel downloads")
     d.add_argument("--revision", default=None, help="dataset repo commit or branch")
     d.set_defaults(func=_run)
 
     c = sub.add_parser("convert", help="convert downloaded shards into a canonical dataset (streaming)")
     _add_common(c)
-    c.add_argument("--source", type=Path, default=None, help="folder holding webdataset_avg_split/ (default: $MINDEYE_DATA/nsd/raw)")
+    c.add_argument("--source", type=existing_folder_arg, default=None,
+                   help="folder holding webdataset_avg_split/ (default: $MINDEYE_DATA/nsd/raw)")
     _add_convert_args(c)
     c.set_defaults(func=_run)
 
     i = sub.add_parser("import", help="download then convert (or only convert a local --source folder)")
     _add_common(i)
-    i.add_argument("--source", type=Path, default=None, help="local folder holding webdataset_avg_split/: skip the download")
-    i.add_argument("--raw-dir", type=Path, default=None, help="download folder (default: $MINDEYE_DATA/nsd/raw)")
-    i.add_argument("--max-workers", type=int, default=8, help="parallel downloads")
+    i.add_argument("--source", type=existing_folder_arg, default=None,
+                   help="local folder holding webdataset_avg_split/: skip the download")
+    i.add_argument("--raw-dir", type=output_folder_arg, default=None, help="download folder (default: $MINDEYE_DATA/nsd/raw)")
+    i.add_argument("--max-workers", type=positive_int, default=8, help="parallel downloads")
     i.add_argument("--revision", default=None, help="dataset repo commit or branch")
     _add_convert_args(i)
     i.set_defaults(func=_run)

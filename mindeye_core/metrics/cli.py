@@ -15,16 +15,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli import (device_arg, existing_folder_arg, non_negative_int, output_folder_arg, positive_int,
+                   unit_float)
 from ..errors import MindEyeError
+from ..staging import check_output_dir
 
 
 def register(subparsers: Any) -> None:
     """Add ``evaluate`` and ``table`` to the ``mindeye`` command."""
     p = subparsers.add_parser("evaluate", help="evaluate a results bundle (paper metrics + retrieval) and write tables")
-    p.add_argument("bundle", type=Path, help="results bundle folder (written by mindeye_core.results.ResultsWriter)")
-    p.add_argument("--out", type=Path, default=None, help="where to write the tables (default: BUNDLE/tables)")
+    p.add_argument("bundle", type=existing_folder_arg, help="results bundle folder (written by mindeye_core.results.ResultsWriter)")
+    p.add_argument("--out", type=output_folder_arg, default=None, help="where to write the tables (default: BUNDLE/tables)")
     p.add_argument("--subjects", nargs="*", default=None, help="subjects to evaluate (default: all)")
-    p.add_argument("--strengths", nargs="*", type=float, default=None, help="img2img strengths to evaluate (default: all)")
+    p.add_argument("--strengths", nargs="*", type=unit_float, default=None, help="img2img strengths to evaluate (default: all)")
     p.add_argument("--metrics", nargs="*", default=None, help="subset of: pixcorr ssim alexnet2 alexnet5 inception clip effnet swav")
     p.add_argument("--weights", choices=["pretrained", "tiny", "random"], default="pretrained",
                    help="feature-network weights; 'tiny'/'random' only exercise the code (numbers are meaningless)")
@@ -34,18 +37,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--allow-download", action="store_true", help="download missing feature-network weights")
     p.add_argument("--paper-parity", action="store_true", help="the released code's preprocessing (256 px first, no antialias, column SSIM)")
     p.add_argument("--official-code-directions", action="store_true", help="map retrieval directions onto Image/Brain as the official code did")
-    p.add_argument("--table-strength", type=float, default=0.15, help="strength shown in Table 1 (closest available)")
-    p.add_argument("--n-draws", type=int, default=30, help="random draws of 300 candidates for retrieval")
-    p.add_argument("--seed", type=int, default=0, help="seed of the retrieval draws")
+    p.add_argument("--table-strength", type=unit_float, default=0.15, help="strength shown in Table 1 (closest available)")
+    p.add_argument("--n-draws", type=positive_int, default=30, help="random draws of 300 candidates for retrieval")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the retrieval draws")
     p.add_argument("--no-store", action="store_true", help="do not write the metrics into the bundle's manifest")
-    p.add_argument("--device", default="cpu", help="torch device for features and retrieval")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", type=device_arg, default="cpu", help="torch device for features and retrieval")
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.set_defaults(func=_evaluate)
 
     t = subparsers.add_parser("table", help="write Table-1/Table-5 Markdown + CSV from a bundle's stored metrics")
-    t.add_argument("bundle", type=Path)
-    t.add_argument("--out", type=Path, default=None, help="default: BUNDLE/tables")
-    t.add_argument("--table-strength", type=float, default=0.15)
+    t.add_argument("bundle", type=existing_folder_arg)
+    t.add_argument("--out", type=output_folder_arg, default=None, help="default: BUNDLE/tables")
+    t.add_argument("--table-strength", type=unit_float, default=0.15)
     t.add_argument("--official-code-directions", action="store_true")
     t.add_argument("--no-reference", action="store_true", help="omit the paper's reference rows")
     t.set_defaults(func=_table)
@@ -59,6 +62,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     try:
         bundle = open_results(args.bundle)
+        out = check_output_dir(args.out or (args.bundle / "tables"))  # before the evaluation, not after it
         metrics = tuple(args.metrics) if args.metrics else RECON_METRICS
         bad = sorted(set(metrics) - set(RECON_METRICS))
         if bad:
@@ -83,7 +87,6 @@ def _evaluate(args: argparse.Namespace) -> int:
             metrics=metrics, paper_parity=args.paper_parity, retrieval_kwargs={"n_draws": args.n_draws, "seed": args.seed},
             store=not args.no_store, batch_size=args.batch_size, device=args.device,
         )
-        out = args.out or (args.bundle / "tables")
         paths = write_tables(evaluations, out, strength=args.table_strength, official_code_directions=args.official_code_directions,
                              title=f"{bundle.world or 'results'} ({args.weights} feature weights)")
         (Path(out) / "metrics.json").write_text(json.dumps(evaluations, indent=2, default=float) + "\n")

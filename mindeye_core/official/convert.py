@@ -46,6 +46,7 @@ from ..configfile import dump_versioned_config
 from ..errors import CheckpointError, MindEyeError
 from ..io import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, write_sha256
 from ..paths import cache_dir
+from ..cli import output_folder_arg
 from ..staging import begin
 from .checkpoint import file_sha256, load_official_checkpoint, official_model_state
 from .layout import OFFICIAL_MODELS, MappedCheckpoint, map_official_state
@@ -259,7 +260,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--subject", type=int, required=True, choices=OFFICIAL_SUBJECTS, help="NSD subject")
     p.add_argument("--model", required=True, choices=OFFICIAL_MODELS, help="which released model")
     p.add_argument("--source", type=Path, default=None, help="a local .pth instead of downloading")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: $MINDEYE_CACHE/official/subj0X/MODEL)")
+    p.add_argument("--out", type=output_folder_arg, default=None, help="output folder (default: $MINDEYE_CACHE/official/subj0X/MODEL)")
     p.add_argument("--revision", default=OFFICIAL_REVISION, help=f"revision of {OFFICIAL_REPO_ID} to download")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="store the weights in this dtype (default: as in the file)")
     p.set_defaults(func=_main)

@@ -10,6 +10,12 @@ candidates, given the brain sample" (our ``brain_to_image``) and *Brain* retriev
 ``Retrieval_Evaluation.py`` computed the published *Image* numbers from a similarity matrix transposed by
 ``batchwise_cosine_similarity``, i.e. ranking brain samples for each image. ``official_code_directions=True``
 swaps the mapping to reproduce that. Both directions are always stored, named, in the bundle.
+
+Tables never mislead: retrieval is top-1 among the ``n_candidates`` the protocol actually used (300 in the
+paper; all N test samples when a world has fewer). When a row of this run used fewer than 300, the retrieval
+headers say "among N" (or every retrieval cell says its own N when rows differ, the paper's rows "among 300")
+and :func:`write_tables`' caption states the chance level actually used (1/N). The paper's reference rows are
+labelled with their world: their Source reads "NSD, paper Table 1".
 """
 
 from __future__ import annotations
@@ -34,16 +40,22 @@ COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("brain_retrieval", "Brain", True),
 )
 PERCENT_KEYS = {"alexnet2", "alexnet5", "inception", "clip", "image_retrieval", "brain_retrieval"}
+RETRIEVAL_KEYS = ("image_retrieval", "brain_retrieval")
+PAPER_CANDIDATES = 300
+"""The paper's retrieval protocol: top-1 among 300 candidates."""
 TABLE5_KEYS = tuple(c[0] for c in COLUMNS[:8])
 
 
 @dataclass(frozen=True)
 class ReferenceRow:
-    """A published row; values are fractions, ``None`` where the paper has no value."""
+    """A published row; values are fractions, ``None`` where the paper has no value; ``source`` names the world
+    (``"NSD, paper Table 1"``) and ``candidates`` the retrieval protocol (among 300)."""
 
     method: str
     values: Mapping[str, float | None]
     source: str
+    world: str = "NSD"
+    candidates: int = PAPER_CANDIDATES
 
 
 def _row(method: str, source: str, *vals: float | None) -> ReferenceRow:
@@ -51,7 +63,7 @@ def _row(method: str, source: str, *vals: float | None) -> ReferenceRow:
     conv = {k: (None if v is None else (v / 100.0 if k in PERCENT_KEYS else v)) for k, v in zip(keys, vals)}
     for k in keys[len(vals):]:
         conv[k] = None
-    return ReferenceRow(method, conv, source)
+    return ReferenceRow(method, conv, f"NSD, {source}")
 
 
 # Scotti et al., "Reconstructing the Mind's Eye: fMRI-to-Image with Contrastive Learning and Diffusion Priors",
@@ -91,6 +103,18 @@ class TableRow:
     method: str
     values: Mapping[str, float | str | None]
     source: str = "this run"
+    candidates: int | None = None
+    """Retrieval candidates per draw behind the retrieval values (``None``: no retrieval / unknown)."""
+
+
+def retrieval_candidates(rows: Sequence[TableRow | ReferenceRow]) -> set[int]:
+    """The distinct ``candidates`` of this run's rows (reference rows excluded)."""
+    return {int(r.candidates) for r in rows if isinstance(r, TableRow) and r.candidates}
+
+
+def _few(rows: Sequence[TableRow | ReferenceRow]) -> set[int]:
+    ns = retrieval_candidates(rows)
+    return ns if any(n != PAPER_CANDIDATES for n in ns) else set()
 
 
 def format_value(key: str, value: float | str | None) -> str:
@@ -107,32 +131,53 @@ def format_value(key: str, value: float | str | None) -> str:
     return text.replace("0.", ".", 1) if text.startswith("0.") else text.replace("-0.", "-.", 1)
 
 
-def _headers(keys: Sequence[str]) -> list[str]:
+def _headers(keys: Sequence[str], among: int | None = None) -> list[str]:
     heads = {k: f"{h} {'↑' if up else '↓'}" for k, h, up in COLUMNS}
+    if among is not None:
+        heads.update({k: f"{heads[k]} (among {among})" for k in RETRIEVAL_KEYS})
     return [heads[k] for k in keys]
 
 
+def _cell(row: TableRow | ReferenceRow, key: str, annotate: bool) -> str:
+    text = format_value(key, row.values.get(key))
+    n = row.candidates
+    if annotate and key in RETRIEVAL_KEYS and n and isinstance(row.values.get(key), float):
+        text += f" (among {n})"
+    return text
+
+
 def to_markdown(rows: Sequence[TableRow | ReferenceRow], keys: Sequence[str], *, first: str = "Method", caption: str = "") -> str:
-    """A Markdown table with one column per metric key and a trailing "Source" column."""
-    lines = ["| " + " | ".join([first, *_headers(keys), "Source"]) + " |", "|" + "---|" * (len(keys) + 2)]
+    """A Markdown table with one column per metric key and a trailing "Source" column.
+
+    When a row of this run used fewer (or more) retrieval candidates than the paper's 300, the retrieval
+    columns say so: "Image ↑ (among N)" in the header when all such rows share N (the paper's cells then read
+    "(among 300)"), else every retrieval cell names its own N.
+    """
+    few = _few(rows) if any(k in RETRIEVAL_KEYS for k in keys) else set()
+    among = next(iter(few)) if len(few) == 1 and len(retrieval_candidates(rows)) == 1 else None
+    lines = ["| " + " | ".join([first, *_headers(keys, among), "Source"]) + " |", "|" + "---|" * (len(keys) + 2)]
     for r in rows:
-        cells = [r.method, *[format_value(k, r.values.get(k)) for k in keys], r.source]
+        annotate = bool(few) and (among is None or isinstance(r, ReferenceRow))
+        cells = [r.method, *[_cell(r, k, annotate) for k in keys], r.source]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     return (caption.rstrip() + "\n\n" + text) if caption else text
 
 
 def to_csv(rows: Sequence[TableRow | ReferenceRow], keys: Sequence[str], *, first: str = "method") -> str:
-    """CSV with raw numbers (fractions); empty cell for missing, ``n/a`` for not computed."""
+    """CSV with raw numbers (fractions); empty cell for missing, ``n/a`` for not computed. When retrieval
+    was not among 300 for some row, a ``retrieval_candidates`` column gives each row's N."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([first, *keys, "source"])
+    extra = bool(_few(rows)) and any(k in RETRIEVAL_KEYS for k in keys)
+    w.writerow([first, *keys, *(["retrieval_candidates"] if extra else []), "source"])
     for r in rows:
         vals = []
         for k in keys:
             v = r.values.get(k)
             vals.append("" if v is None else (v if isinstance(v, str) else repr(float(v))))
-        w.writerow([r.method, *vals, r.source])
+        n = [str(r.candidates or "")] if extra else []
+        w.writerow([r.method, *vals, *n, r.source])
     return buf.getvalue()
 
 
@@ -167,6 +212,13 @@ def pick_strength(available: Sequence[str], wanted: float = 0.15) -> str:
 EXTRA_ENTRIES: tuple[tuple[str, str], ...] = (("ridge", "Ridge (this bundle, {subject})"),
                                               ("ceiling", "Generator ceiling ({subject})"))
 """Optional entries of a subject's metrics (same keys as the subject's own) and the Table 1 row they give."""
+
+
+def _candidates(entry: Mapping[str, Any]) -> int | None:
+    """``n_candidates`` of an entry's retrieval (``None`` without retrieval)."""
+    retrieval = entry.get("retrieval")
+    n = retrieval.get("n_candidates") if isinstance(retrieval, Mapping) else None
+    return int(n) if isinstance(n, (int, float)) and n > 0 else None
 
 
 def _entry_values(entry: Mapping[str, Any], strength: float, official_code_directions: bool,
@@ -204,7 +256,7 @@ def table1_rows(
         key, vals = _entry_values(entry, strength, official_code_directions, unavailable)
         if key is None:
             raise ValueError(f"{subject}: no strengths evaluated")
-        finals.append(TableRow(f"{label} ({subject}, strength {key})", vals))
+        finals.append(TableRow(f"{label} ({subject}, strength {key})", vals, candidates=_candidates(entry)))
         rows.append(finals[-1])
         if entry.get("blurry"):
             low = _metric_values(entry["blurry"], unavailable)
@@ -213,14 +265,16 @@ def table1_rows(
             extra = entry.get(name)
             if isinstance(extra, Mapping) and (extra.get("strengths") or extra.get("retrieval")):
                 _, extra_vals = _entry_values(extra, strength, official_code_directions, unavailable)
-                rows.append(TableRow(title.format(subject=subject), extra_vals))
+                rows.append(TableRow(title.format(subject=subject), extra_vals, candidates=_candidates(extra)))
     if len(finals) > 1:
         mean: dict[str, float | str | None] = {}
         for k, _, _ in COLUMNS:
             nums = [r.values.get(k) for r in finals]
             mean[k] = sum(nums) / len(nums) if all(isinstance(v, float) for v in nums) else (  # type: ignore[arg-type]
                 "n/a" if any(v == "n/a" for v in nums) else None)
-        rows.insert(0, TableRow(f"{label} (mean of {len(finals)} subjects)", mean))
+        ns = {r.candidates for r in finals}
+        rows.insert(0, TableRow(f"{label} (mean of {len(finals)} subjects)", mean,
+                                candidates=ns.pop() if len(ns) == 1 else None))
     return rows
 
 
@@ -232,6 +286,17 @@ def table5_rows(entry: Mapping[str, Any], *, subject: str = "", label: str = "Ou
         name = f"{label} {subject} {key}".replace("  ", " ").strip()
         rows.append(TableRow(name, _metric_values(strengths[key], entry.get("unavailable", {}))))
     return rows
+
+
+def chance_note(rows: Sequence[TableRow | ReferenceRow]) -> str:
+    """The chance levels actually used: two-way identification 50 %, retrieval 1/N for this run's N."""
+    ns = sorted(retrieval_candidates(rows))
+    if not ns or ns == [PAPER_CANDIDATES]:
+        return f"Chance: 50% (two-way identification), 1/{PAPER_CANDIDATES} = {100 / PAPER_CANDIDATES:.2f}% (retrieval, top-1 among {PAPER_CANDIDATES})."
+    levels = ", ".join(f"1/{n} = {100 / n:.2f}% among {n}" for n in ns)
+    return (f"Chance: 50% (two-way identification); retrieval is top-1 among the {', '.join(map(str, ns))} test samples "
+            f"available here, not the paper's {PAPER_CANDIDATES}: chance {levels} (the paper's rows: "
+            f"1/{PAPER_CANDIDATES} = {100 / PAPER_CANDIDATES:.2f}%), so the columns are not comparable with the paper's.")
 
 
 def write_tables(
@@ -259,8 +324,9 @@ def write_tables(
         else "Image = brain→image (for each brain sample rank 300 images), Brain = image→brain"
     )
     caption = (
-        f"{title + ': ' if title else ''}Table 1 shape. Two-way identification and retrieval in %, chance 50% "
-        f"and 1/300. {direction_note}. Reference rows: Scotti et al. 2023, Tables 1 and 7."
+        f"{title + ': ' if title else ''}Table 1 shape. Two-way identification and retrieval in %. "
+        f"{chance_note(rows)} {direction_note}. Reference rows [NSD, paper]: Scotti et al. 2023, Tables 1 and 7, "
+        "on the Natural Scenes Dataset."
     )
     paths = {"table1_md": out / "table1.md", "table1_csv": out / "table1.csv"}
     paths["table1_md"].write_text(to_markdown(rows, keys, caption=caption))
@@ -271,7 +337,8 @@ def write_tables(
             rows5 += list(TABLE5_REFERENCE.values())
         md = out / f"table5_{subject}.md"
         cs = out / f"table5_{subject}.csv"
-        cap = f"Table 5 shape ({subject}): metrics across the img2img strength grid (0 = high-level only, 1 = low-level only). Reference: Scotti et al. 2023, Table 5 (subject 1)."
+        cap = (f"Table 5 shape ({subject}): metrics across the img2img strength grid (0 = high-level only, 1 = low-level "
+               "only). Reference rows [NSD, paper]: Scotti et al. 2023, Table 5 (NSD subject 1).")
         md.write_text(to_markdown(rows5, TABLE5_KEYS, first="Img2Img strength", caption=cap))
         cs.write_text(to_csv(rows5, TABLE5_KEYS, first="strength"))
         paths[f"table5_{subject}_md"] = md

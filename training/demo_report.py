@@ -94,7 +94,8 @@ def report(bundle: Path) -> str:
     if build.is_file():
         stages = json.loads(build.read_text())["stages"]
         parts.append("\nBuild time by stage (seconds, 2 CPU cores shared with other work):\n")
-        parts.append("| stage | seconds |\n|---|---:|\n" + "".join(f"| {k} | {v['seconds']:.0f} |\n" for k, v in sorted(stages.items())))
+        parts.append("| stage | seconds | torch threads |\n|---|---:|---:|\n" + "".join(
+            f"| {k} | {v['seconds']:.0f} | {v.get('threads', '—')} |\n" for k, v in sorted(stages.items())))
     return "\n".join(parts)
 
 

@@ -3,7 +3,8 @@
     python -m app.screenshots --out docs/img                  # the shipped demo bundle
     python -m app.screenshots --results PATH --out docs/img   # any bundle
 
-Writes ``app_trial.png``, ``app_umap.png``, ``app_retrieval.png`` and ``app_metrics.png``. Needs
+Writes ``app_trial.png``, ``app_umap.png``, ``app_retrieval.png``, ``app_metrics.png``, ``app_subjects.png``,
+``app_brain.png`` and ``app_lab.png`` (after one live decode of the lab's default scene). Needs
 ``playwright`` (PyPI) and the system's chromium (``apt-get install chromium``); never downloads a browser.
 :func:`launch_browser` is shared with the end-to-end tests.
 """
@@ -23,7 +24,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run")
 SHOTS = {"trial": "app_trial.png", "umap": "app_umap.png", "retrieval": "app_retrieval.png",
-         "metrics": "app_metrics.png"}
+         "metrics": "app_metrics.png", "subjects": "app_subjects.png", "brain": "app_brain.png", "lab": "app_lab.png"}
+LIVE_MS = 300_000
+"""Upper bound of a wait for one live decode (the lab) on a loaded CPU."""
 
 
 def browser_problem(executable: str = CHROMIUM) -> str | None:
@@ -67,6 +70,14 @@ def take_screenshots(url: str, out: str | Path, *, subject: str | None = None, t
                     expect(page.locator("#umap .point").first).to_be_visible(timeout=30_000)
                 if tab == "metrics":
                     expect(page.locator("#chart .main-svg").first).to_be_visible(timeout=30_000)
+                if tab == "brain":
+                    expect(page.locator("#brain-plot .main-svg").first).to_be_visible(timeout=30_000)
+                if tab == "subjects":
+                    expect(page.locator("#subjects-table")).to_contain_text("subj", timeout=30_000)
+                if tab == "lab" and page.locator("#lab-decode").count():
+                    page.locator("#lab-decode").click()
+                    expect(page.locator("#lab-note")).to_contain_text("Scene → reconstruction", timeout=LIVE_MS)
+                    expect(page.locator("#lab-final img")).to_have_count(1, timeout=30_000)
                 expect(page.locator("#final img")).to_have_count(1, timeout=30_000)
                 page.wait_for_function("() => Array.from(document.images).filter(i => i.offsetParent !== null "
                                        "&& i.getAttribute('src')).every(i => i.complete)", timeout=30_000)

@@ -10,6 +10,10 @@ messages every 50 ms):
   including the download of the new final image;
 * trial change -> full page update (p95 <= 1 s);
 * the server's resident memory with every subject loaded (<= 2 GB);
+* issue 13: decoding lab, new scene -> reconstruction (respond + reconstruct + retrieval, p50 / p95, target
+  <= 2 s on 2 CPU cores), and the single-trial toggle (one single trial decoded live, p95), each with the
+  server's CPU seconds per request (wall time on an idle 2-core machine is at least CPU / 2); they need the
+  demo world beside the bundle (``$MINDEYE_DEMO_WORLD`` or ``$MINDEYE_DATA/demo``);
 * load: ``--clients`` concurrent sessions browsing (trial changes, grid slider moves) for ``--seconds``:
   errors and latencies.
 
@@ -178,6 +182,43 @@ class RawSession(Session):
             self._fetch(item.get("image") if isinstance(item, dict) else None)
         return out
 
+    def lab(self, subject: str, objects: list[list[Any]], background: str, seed: int, strength: float) -> list[Any]:
+        """Decoding lab: compose -> respond -> reconstruct (noise 1, 3 repetitions); fetches the three images."""
+        flat = [v for row in objects for v in row]
+        out = self._call("lab_decode", [*flat, background, seed, subject, 1.0, 3, strength])
+        for img in out[:3]:  # seen, blurry, final
+            self._fetch(img)
+        return out
+
+    def single_trial(self, subject: str, trial: int, mode: str, strength: float) -> list[Any]:
+        out = self._call("single_trial", [subject, trial, mode, strength])
+        self._fetch(out[1])
+        return out
+
+
+def _lab_scene(rng: random.Random) -> tuple[list[list[Any]], str]:
+    """1-3 random objects in distinct cells (the lab's rows: use, shape, colour, size, position), a background."""
+    from mindeye_core.data.demo import BACKGROUNDS, CATEGORIES, COLOUR_NAMES, POSITIONS, SIZE_NAMES
+
+    cells = rng.sample(list(POSITIONS), 3)
+    k = rng.randint(1, 3)
+    rows = [[j < k, rng.choice(CATEGORIES), rng.choice(COLOUR_NAMES), rng.choice(SIZE_NAMES), cells[j]] for j in range(3)]
+    return rows, rng.choice(BACKGROUNDS)
+
+
+def _time_cpu(fn: Callable[[], Any], n: int, pid: int) -> tuple[list[float], list[float]]:
+    """Wall seconds and the server's CPU seconds (user + system) of ``n`` calls."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    wall, cpu = [], []
+    for _ in range(n):
+        c0, t0 = sum(proc.cpu_times()[:2]), time.perf_counter()
+        fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(sum(proc.cpu_times()[:2]) - c0)
+    return wall, cpu
+
 
 def _time(fn: Callable[[], Any], n: int) -> list[float]:
     out = []
@@ -231,6 +272,31 @@ def _load(url: str, subjects: list[str], n_trials: int, stored: list[float], cli
             "error_examples": errors[:3], "p50_ms": p50, "p95_ms": p95}
 
 
+def _measure_lab(session: RawSession, pid: int, subjects: list[str], n_trials: int, rng: random.Random,
+                 args: argparse.Namespace, rows: dict[str, Any]) -> None:
+    """Lab scene -> reconstruction and the single-trial toggle (issue 13), or why they are unavailable."""
+    try:  # the first call waits for the subject's forward model if the background start-up has not built it
+        t0 = time.perf_counter()
+        session.lab(subjects[0], *_lab_scene(rng), 0, 0.15)
+        rows["lab_first_s"] = time.perf_counter() - t0
+    except RuntimeError as exc:
+        rows["lab_problem"] = str(exc)[:300]
+        return
+
+    def lab() -> None:
+        session.lab(rng.choice(subjects), *_lab_scene(rng), rng.randrange(2**31), 0.15)
+
+    wall, cpu = _time_cpu(lab, args.n_lab, pid)
+    rows["lab"], rows["lab_cpu_s"] = _pct(wall), [x / 1000 for x in _pct(cpu)]
+    modes = ["trial 1", "trial 2", "trial 3"]
+
+    def toggle() -> None:
+        session.single_trial(rng.choice(subjects), rng.randrange(n_trials), rng.choice(modes), 0.15)
+
+    wall, cpu = _time_cpu(toggle, args.n_lab, pid)
+    rows["toggle"], rows["toggle_cpu_s"] = _pct(wall), [x / 1000 for x in _pct(cpu)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default=None, help="bundle folder (default assets/demo_results)")
@@ -243,11 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the server")
     ap.add_argument("--live-timeout", type=float, default=300.0, help="seconds to wait for the live models")
+    ap.add_argument("--n-lab", type=int, default=20, help="lab decodes and single-trial toggles measured")
+    ap.add_argument("--no-lab", action="store_true", help="skip the decoding lab and single-trial measures")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.quick:
-        args.n, args.clients, args.seconds = 10, 4, 10.0
+        args.n, args.clients, args.seconds, args.n_lab = 10, 4, 10.0, 5
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_app_")
     if args.synthetic:
@@ -300,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               args.n))
         if rows["live"]:
             rows["candidates"] = _pct(_time(lambda: session.candidates(*pick()), args.n))
+        if rows["live"] and not args.no_lab:
+            _measure_lab(session, proc.pid, subjects, n_trials, rng, args, rows)
         rows["memory_mb"] = _rss_mb(proc.pid)
         rows["load"] = _load(url, subjects, n_trials, stored, args.clients, args.seconds)
         rows["memory_after_load_mb"] = _rss_mb(proc.pid)
@@ -329,6 +399,14 @@ def main(argv: list[str] | None = None) -> int:
     print(fmt("trial_change", 1000))
     print(fmt("slider_precomputed_gradio_client", 150))
     print(fmt("candidates", None))  # all K regenerated when the bundle stores none (a chained event)
+    if "lab" in rows:
+        print(fmt("lab", 2000) + f" (server CPU per decode: p50 {rows['lab_cpu_s'][0]:.2f} s, p95 "
+              f"{rows['lab_cpu_s'][1]:.2f} s)")
+        print(fmt("toggle", None) + f" single trial decoded live (server CPU p50 {rows['toggle_cpu_s'][0]:.2f} s, "
+              f"p95 {rows['toggle_cpu_s'][1]:.2f} s)")
+        print(f"| lab: first decode (forward model ready?) | {rows['lab_first_s']:.1f} s | | | |")
+    else:
+        print(f"| lab / single-trial toggle | — | — | ≤ 2000 ms | {rows.get('lab_problem', 'not measured')} |")
     print(f"| cold start: page served | {rows['start_page_s']:.1f} s | | | |")
     print(f"| cold start: first trial view | {rows['start_first_view_s']:.1f} s | | ≤ 15 s | "
           f"{'ok' if rows['start_first_view_s'] <= 15 else 'MISSED'} |")

@@ -369,6 +369,15 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
         legacy_kind_key="format",
         legacy_version_key="format_version",
     ).data
+    for key, kind in (("name", str), ("world", str), ("n_images", int), ("image_size", list), ("subjects", dict)):
+        if key not in manifest:
+            raise DataFormatError(f"{path}: missing key {key!r} (the manifest is truncated or was edited)")
+        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
+            raise DataFormatError(f"{path}: key {key!r} must be a {kind.__name__}, got {manifest[key]!r}")
+    for subject, meta in manifest["subjects"].items():
+        for key in ("file", "n_voxels"):
+            if not isinstance(meta, dict) or key not in meta:
+                raise DataFormatError(f"{path}: subject {subject!r} lacks key {key!r}")
     return manifest
 
 

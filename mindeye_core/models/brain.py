@@ -41,13 +41,17 @@ __all__ = ["BrainMLP", "MindEyeHighLevel", "ResidualMLPBackbone", "check_voxels"
 
 
 def check_voxels(x: torch.Tensor, n_voxels: int, model: str) -> None:
-    """Raise :class:`DataFormatError` (a ``ValueError``) unless ``x`` is a ``(B, n_voxels)`` tensor."""
+    """Raise :class:`DataFormatError` (a ``ValueError``) unless ``x`` is a finite ``(B, n_voxels)`` tensor
+    (NaN / inf voxels would silently give NaN tokens)."""
     if not isinstance(x, torch.Tensor):
         raise DataFormatError(f"{model}: voxels must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 2:
         raise DataFormatError(f"{model}: voxels must be (batch, {n_voxels}), got shape {tuple(x.shape)}")
     if x.shape[1] != n_voxels:
         raise DataFormatError(f"{model}: expected {n_voxels} voxels (n_voxels), got {x.shape[1]}")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        rows = torch.nonzero(~torch.isfinite(x).all(dim=1)).flatten()[:5].tolist()
+        raise DataFormatError(f"{model}: voxels contain NaN or infinite values (rows {rows})")
 
 
 class ResidualMLPBackbone(nn.Module):

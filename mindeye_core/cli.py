@@ -36,6 +36,7 @@ COMMAND_MODULES: list[str] = [
     "mindeye_core.metrics.cli",
     "mindeye_core.official.convert",
     "mindeye_core.app_cli",
+    "mindeye_core.retrieval.cli",
     "training.build_demo_assets",  # the entry point may reach the training package; the library never does
 ]
 

@@ -141,15 +141,10 @@ def test_exact_and_faiss_retrievers_agree_with_brute_force() -> None:
 
 def test_retriever_errors() -> None:
     from mindeye_core.errors import MindEyeError
-    from mindeye_core.retrieval import ClipRetrievalClient, ExactRetriever
+    from mindeye_core.retrieval import ExactRetriever
 
     cand = np.random.default_rng(7).standard_normal((10, 4))
     with pytest.raises(MindEyeError, match="query dimension 3 != candidate dimension 4"):
         ExactRetriever(cand).search(cand[:, :3], 2)
     with pytest.raises(MindEyeError, match=r"ids must have shape \(10,\)"):
         ExactRetriever(cand, ids=np.arange(9))
-    try:
-        import clip_retrieval  # noqa: F401
-    except ImportError:
-        with pytest.raises(MindEyeError, match=r"pip install mindeye-explorer\[laion\]"):
-            ClipRetrievalClient()

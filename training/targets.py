@@ -24,18 +24,9 @@ import torch
 
 from mindeye_core.errors import CheckpointError, DataFormatError
 from mindeye_core.paths import cache_dir
+from mindeye_core.retrieval.embedders import weight_hash  # noqa: F401  (re-exported: one definition)
 
 __all__ = ["TargetCache", "dataset_fingerprint", "weight_hash"]
-
-
-def weight_hash(module: torch.nn.Module) -> str:
-    """sha256 over a module's state dict (names, dtypes, shapes and bytes), sorted by name."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def dataset_fingerprint(root: str | Path) -> str:

@@ -162,18 +162,18 @@ def trial_betas(store: ExplorerStore, subject: str, trial: Any, mode: Any = AVER
     i = check_trial(store, subject, trial)
     r = check_mode(mode)
     cache = store.subject(subject)
-    if r == 0:
-        if cache.has_voxels:
-            return np.asarray(cache.reader.voxels(i), np.float16).astype(np.float32), "3-trial average (bundle)"
-        if store.world_data is None:
-            raise gr.Error(f"{subject}: this bundle stores no betas and {store.world_problem}")
-        return store.world_data.single_trials(subject, _image_row(store, subject, i)).mean(0), "3-trial average (dataset)"
+    if r == 0 and cache.has_voxels:
+        return np.asarray(cache.reader.voxels(i), np.float16).astype(np.float32), "3-trial average (bundle)"
     if store.world_data is None:
-        raise gr.Error(f"single trials need the dataset the bundle was built from: {store.world_problem}")
+        raise gr.Error(("single trials need the dataset the bundle was built from" if r else
+                        f"{subject}: this bundle stores no betas, and the dataset beside it is missing")
+                       + f": {store.world_problem}")
     try:
         trials = store.world_data.single_trials(subject, _image_row(store, subject, i))
     except KeyError as exc:
         raise gr.Error(str(exc.args[0])) from None
+    if r == 0:
+        return trials.mean(0), f"{trials.shape[0]}-trial average (dataset)"
     if r > trials.shape[0]:
         raise gr.Error(f"{subject} saw image {_image_row(store, subject, i)} {trials.shape[0]} times; no trial {r}")
     return trials[r - 1], f"single trial {r} of {trials.shape[0]} (dataset)"
@@ -294,7 +294,7 @@ def _strip_view(store: ExplorerStore, subject: str, i: int, betas: np.ndarray | 
     order = np.arange(betas.size)
     reliability = None
     if store.world_data is not None:
-        reliability = _reliability(store, subject)
+        reliability = store.world_data.reliability(subject)
     if reliability is not None:
         order = np.argsort(-reliability, kind="stable")
     v = betas[order]
@@ -309,18 +309,6 @@ def _strip_view(store: ExplorerStore, subject: str, i: int, betas: np.ndarray | 
                              "SD beta": round(float(betas.std()), 3)}])
     note = f"{subject} · trial {i}: betas of the {what}. {NSD_RELEASE_LACKS}"
     return BrainView(figure=fig, summary=summary, note=note)
-
-
-def _reliability(store: ExplorerStore, subject: str) -> np.ndarray | None:
-    """ncsnr of each voxel from the dataset's repeated test trials (``None`` without repetitions)."""
-    from mindeye_core.data.noise_ceiling import ncsnr
-
-    ds = store.world_data._dataset  # noqa: SLF001 (the world link's own dataset handle)
-    sub = ds.subject(subject)
-    test = sub.trials("test")
-    if np.bincount(sub.image_index[test]).max(initial=0) < 2:
-        return None
-    return ncsnr(sub.betas(test), sub.image_index[test])
 
 
 # ------------------------------------------------------------------------------------ single trials
@@ -417,7 +405,8 @@ class LabResult:
 
 def _lab_world(store: ExplorerStore) -> Any:
     if store.world_data is None or not store.world_data.can_simulate:
-        why = store.world_problem or f"the bundle's dataset is the {store.world_data.world!r} world"
+        why = store.world_problem or ("no dataset is open" if store.world_data is None
+                                      else f"the bundle's dataset is the {store.world_data.world!r} world")
         raise gr.Error(f"the decoding lab needs the demo world the bundle was built from: {why}")
     return store.world_data
 
@@ -498,14 +487,9 @@ def lab_decode(store: ExplorerStore, subject: str, scene: Any, noise: Any, repet
     try:
         out = store.reconstruct_voxels(subject, betas, _check_seed(seed), strengths=[s])
         emb = store.clip_embeddings(subject)
-        rec = store.reconstructors[subject]
+        own_emb = store.clip_embedding_of(subject, image)
     except (RuntimeError, ValueError, MindEyeError) as exc:
         raise gr.Error(f"decoding the new scene for {subject} failed: {exc}") from exc
-    import torch
-
-    with store._lock:  # noqa: SLF001 (the store's generation lock: one model call at a time)
-        own = rec.encoder.encode(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0)
-    own_emb = _unit(own.float().numpy().ravel())
     q = _unit(out.projector[0].numpy().ravel())
     sims = emb @ q
     own_sim = float(own_emb @ q)

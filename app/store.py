@@ -422,6 +422,20 @@ class ExplorerStore:
             self.live_problem = f"{exc} (`mindeye build-demo` trains and writes them)"
         except (MindEyeError, OSError, ValueError, RuntimeError) as exc:
             self.live_problem = f"the live generator failed to load: {exc}"
+        if self._loading is not None and self.reconstructors:
+            self._prepare_lab()
+
+    def _prepare_lab(self) -> None:
+        """Background start-up: the test images' CLIP embeddings and every subject's forward model (seconds
+        each), so the first lab decode and single trial do not wait for them."""
+        try:
+            for name in self.subjects:
+                self.clip_embeddings(name)
+                if self.world_data is not None and self.world_data.can_simulate:
+                    self.world_data.forward(name)
+        except (MindEyeError, OSError, KeyError, ValueError, RuntimeError) as exc:
+            self.world_problem = f"the demo world's forward model failed to build: {exc}"
+            self.world_data = None
 
     @property
     def live_loading(self) -> bool:
@@ -641,6 +655,18 @@ class ExplorerStore:
         with self._lock:
             return rec.regenerate(out.prior_samples, out.blurry, [int(out.seeds[0])], float(strength),
                                   projector=out.projector)
+
+    def clip_embedding_of(self, subject: str, image: np.ndarray) -> np.ndarray:
+        """``(T*D,)`` unit-norm CLIP embedding of one ``(H, W, 3)`` uint8 image (the live encoder)."""
+        import torch
+
+        from mindeye_core.similarity import normalise
+
+        rec = self.reconstructors[subject]
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+        with self._lock, torch.no_grad():
+            out = rec.encoder.encode(x)
+        return normalise(out.float().reshape(1, -1).numpy())[0]
 
     def clip_embeddings(self, subject: str) -> np.ndarray:
         """``(N, T*D)`` unit-norm CLIP image embeddings of ``subject``'s test images (sample order), from

@@ -62,6 +62,7 @@ class WorldData:
     _forward: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _trials: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    _reliability: dict[str, np.ndarray | None] = field(default_factory=dict)
 
     @classmethod
     def open(cls, root: str | Path, *, subjects: Mapping[str, int | None], fingerprint: str | None = None) -> WorldData:
@@ -118,6 +119,20 @@ class WorldData:
             if trials is None:
                 raise KeyError(f"{subject} has no test trials of image {image_row} in {self.root}")
             return self._dataset.subject(subject).betas(np.sort(trials))
+
+    def reliability(self, subject: str) -> np.ndarray | None:
+        """``(V,)`` ncsnr of each voxel from the repeated test trials (NSD's definition,
+        :func:`mindeye_core.data.noise_ceiling.ncsnr`), or ``None`` without repetitions; computed once."""
+        from mindeye_core.data.noise_ceiling import ncsnr
+
+        with self._lock:
+            if subject not in self._reliability:
+                sub = self._dataset.subject(subject)
+                test = sub.trials("test")
+                rows = sub.image_index[test]
+                repeated = test.size and np.bincount(rows).max() >= 2
+                self._reliability[subject] = ncsnr(sub.betas(test), rows) if repeated else None
+            return self._reliability[subject]
 
     # ---------------------------------------------------------------- the forward model
     @property

@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(browser_problem() is not None,
 from test_app import save_test_brains, write_test_bundle  # noqa: E402
 
 TIMEOUT = 30_000  # ms: upper bound of a wait for content (expect polls; nothing here depends on timing)
+LIVE_TIMEOUT = 180_000  # ms: upper bound of a wait for a live decode on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +225,115 @@ def test_missing_bundle_page_says_how_to_build_it(page: Any, tmp_path: Path) -> 
         expect(page.locator("#status")).to_contain_text(str(tmp_path / "no-bundle"))
     finally:
         demo.close()
+
+
+# ------------------------------------------------------------------------------------ issue 13 panels
+@pytest.fixture(scope="module")
+def panels_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    """The app on a bundle of a tiny generated demo world, the world beside it (brain view, single trials,
+    lab), tiny brain models with a low-level model; yields ``(url, store)``."""
+    from test_app_panels import make_bundle, make_store, make_world
+
+    from app.layout import build_demo, free_port, launch_kwargs
+
+    folder = tmp_path_factory.mktemp("e2e_panels")
+    world = make_world(folder)
+    store = make_store(world, make_bundle(world, folder), folder)
+    demo = build_demo(store)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            **launch_kwargs())
+    try:
+        yield url.rstrip("/"), store
+    finally:
+        demo.close()
+
+
+def test_subjects_side_by_side_and_brain_view(page: Any, panels_app: tuple[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    url, store = panels_app
+    page.goto(url + "/?subject=subj02&trial=4&tab=subjects")
+    _wait_header(page, "subj02 · trial 4")
+    gallery = page.locator("#subjects-gallery")
+    for name in ("subj01", "subj02"):
+        expect(gallery).to_contain_text(f"{name} · MindEye final 0.15", timeout=TIMEOUT)
+        expect(gallery).to_contain_text(f"{name} · ridge final")
+    expect(page.locator("#subjects-table")).to_contain_text("subj01", timeout=TIMEOUT)
+    expect(page.locator("#subjects-note")).to_contain_text("shared by 2 of 2 subjects")
+
+    page.get_by_role("tab", name="Brain view").click()
+    table = store.world_data.voxel_tables["subj02"]
+    n_early = int((table["area"] < 4).sum())
+    expect(page.locator("#brain-plot .scatterlayer .point")).to_have_count(n_early, timeout=TIMEOUT)
+    expect(page.locator("#brain-plot")).to_contain_text("LO / VO / PPA")
+    page.locator("#brain-plot .scatterlayer .trace").first.locator(".point").first.hover(force=True)
+    hover = page.locator("#brain-plot .hoverlayer .hovertext")
+    expect(hover).to_contain_text("V1", timeout=TIMEOUT)
+    expect(hover).to_contain_text("pRF centre")
+    expect(hover).to_contain_text("beta")
+    page.locator("#brain-value label", has_text="noise ceiling").click()
+    expect(page.locator("#brain-note")).to_contain_text("noise ceiling of each voxel", timeout=TIMEOUT)
+    expect(page.locator("#brain-plot .colorbar")).to_contain_text("NC %", timeout=TIMEOUT)
+    page.locator("#brain-mode label", has_text="trial 2").click()
+    page.locator("#brain-value label", has_text="beta").click()
+    expect(page.locator("#brain-note")).to_contain_text("single trial 2 of 3", timeout=TIMEOUT)
+
+
+def test_single_trial_toggle_and_download(page: Any, panels_app: tuple[str, Any]) -> None:
+    import zipfile
+
+    import torch
+    from playwright.sync_api import expect
+
+    url, store = panels_app
+    page.goto(url + "/?subject=subj01&trial=6")
+    _wait_header(page, "subj01 · trial 6")
+    expect(page.locator("#single-note")).to_contain_text("3-trial average", timeout=TIMEOUT)
+    page.locator("#trial-mode label", has_text="trial 2").click()
+    expect(page.locator("#single-note")).to_contain_text("single trial 2 of 3", timeout=LIVE_TIMEOUT)
+    cache = store.subject("subj01")
+    betas = store.world_data.single_trials("subj01", int(cache.reader.image_index()[6]))[1]
+    out = store.reconstructors["subj01"].reconstruct(torch.from_numpy(betas)[None], [int(cache.seeds[6])],
+                                                     strengths=[0.15])
+    want = (out.finals[0.15][0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(_png(page, "#single-final img"), want)
+
+    page.locator("#download-btn").click()
+    link = page.locator("#download a").first
+    expect(link).to_have_attribute("href", re.compile("mindeye_subj01_trial6_s0.15.zip"), timeout=TIMEOUT)
+    href = link.get_attribute("href")
+    body = page.request.get(href if href.startswith("http") else url + "/" + href.lstrip("/")).body()
+    z = zipfile.ZipFile(io.BytesIO(body))
+    assert {"seen.png", "blurry.png", "final_0.15.png", "candidates.png", "trial.json"} <= set(z.namelist())
+
+
+def test_decoding_lab(page: Any, panels_app: tuple[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    from app import panels as pn
+
+    url, store = panels_app
+    page.goto(url + "/?tab=lab")
+    _wait_header(page, "subj01 · trial 0")
+    page.locator("#lab-shape-0 input").click()
+    page.get_by_role("option", name="heart").click()
+    page.locator("#lab-decode").click()
+    note = page.locator("#lab-note")
+    expect(note).to_contain_text("a large red heart at the center", timeout=LIVE_TIMEOUT)
+    expect(note).to_contain_text("Scene → reconstruction in")
+    scene, _ = pn.lab_scene(store, [[True, "heart", "red", "large", "center"], [False] + [None] * 4,
+                                    [False] + [None] * 4], "green ground", 1)
+    want = pn.lab_decode(store, "subj01", scene, 1.0, 3, 1, 0.15)
+    np.testing.assert_array_equal(_png(page, "#lab-seen img"), want.seen)
+    np.testing.assert_array_equal(_png(page, "#lab-final img"), want.final)
+    expect(page.locator("#lab-candidates")).to_contain_text("✓ picked", timeout=TIMEOUT)
+    expect(page.locator("#lab-nearest")).to_contain_text("cos ", timeout=TIMEOUT)
+    box = page.locator("#lab-strength input[type=number]")
+    box.fill("0.5")
+    box.press("Tab")
+    expect(note).to_contain_text("Strength 0.5: best of 3", timeout=LIVE_TIMEOUT)
+    page.locator("#lab-random").click()
+    expect(note).not_to_contain_text("a large red heart at the center", timeout=LIVE_TIMEOUT)
+    expect(note).to_contain_text("Scene → reconstruction in", timeout=LIVE_TIMEOUT)
+    seed = page.locator("#lab-seed input").input_value()
+    assert seed.isdigit() and f"seed {seed}" in note.inner_text()

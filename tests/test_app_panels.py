@@ -45,29 +45,41 @@ def _error(fn: Any, *args: Any) -> str:
     return str(info.value.message)
 
 
+def make_world(folder: Path) -> Path:
+    """The tiny demo world (seconds)."""
+    return generate_demo_world(folder / "demo", WORLD, progress=False)
+
+
+def make_bundle(world: Path, folder: Path) -> Path:
+    """A test bundle of the world's test images, dataset rows and averaged betas (random reconstructions)."""
+    ds = open_dataset(world)
+    voxels = {}
+    for s in SUBJECTS:
+        voxels[s], rows = ds.subject(s).averaged("test")
+    return write_test_bundle(folder / "results", images=ds.images(rows), image_index=rows, voxels=voxels)
+
+
+def make_store(world: Path, bundle: Path, folder: Path) -> ExplorerStore:
+    """The store on ``bundle`` with tiny brain models (high- and low-level) and the world beside it."""
+    brains = save_test_brains(folder / "brains", SUBJECTS, dict(zip(SUBJECTS, WORLD.voxels)), lowlevel=True)
+    st = ExplorerStore.open(bundle, brain_root=brains, data=world)
+    assert st.ready and st.live and st.world_data is not None, (st.problem, st.live_problem, st.world_problem)
+    return st
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_demo_world(tmp_path_factory.mktemp("panels_world") / "demo", WORLD, progress=False)
+    return make_world(tmp_path_factory.mktemp("panels_world"))
 
 
 @pytest.fixture(scope="module")
 def bundle(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ds = open_dataset(world)
-    voxels = {}
-    for s in SUBJECTS:
-        avg, rows = ds.subject(s).averaged("test")
-        voxels[s] = avg
-    return write_test_bundle(tmp_path_factory.mktemp("panels_bundle") / "results", images=ds.images(rows),
-                             image_index=rows, voxels=voxels)
+    return make_bundle(world, tmp_path_factory.mktemp("panels_bundle"))
 
 
 @pytest.fixture(scope="module")
 def store(bundle: Path, world: Path, tmp_path_factory: pytest.TempPathFactory) -> ExplorerStore:
-    brains = save_test_brains(tmp_path_factory.mktemp("panels_brains"), SUBJECTS, dict(zip(SUBJECTS, WORLD.voxels)),
-                              lowlevel=True)
-    st = ExplorerStore.open(bundle, brain_root=brains, data=world)
-    assert st.ready and st.live and st.world_data is not None, (st.problem, st.live_problem, st.world_problem)
-    return st
+    return make_store(world, bundle, tmp_path_factory.mktemp("panels_brains"))
 
 
 # ------------------------------------------------------------------------------------ the library half

@@ -31,6 +31,7 @@ per object; a background class), :func:`random_scene` draws one as the world doe
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,8 +42,8 @@ from ...errors import DataFormatError
 from ..format import open_dataset
 from .cortex import FeatureExtractor, SimulatedCortex
 from .stimuli import (
-    BACKGROUNDS, CATEGORIES, COLOUR_NAMES, COLOURS, GROUNDS, POSITIONS, SIZE_NAMES, SIZES, SKIES, WALL_COLOURS,
-    ObjectSpec, SceneSpec, StimulusLabels, render_scenes, sample_scenes,
+    BACKGROUNDS, CATEGORIES, COLOUR_NAMES, COLOURS, GROUNDS, POSITIONS, SIZE_NAMES, SIZES, SKIES, ObjectSpec,
+    SceneSpec, StimulusLabels, render_scenes, sample_scenes,
 )
 from .world import (
     _STREAM_CORTEX, _STREAM_IDIO, _STREAM_TRIALS, DemoWorldConfig, _rng, demo_config_of,
@@ -68,8 +69,9 @@ def _index(value: Any, vocab: Sequence[str], what: str) -> int:
 def compose_scene(objects: Sequence[Mapping[str, Any]], background: Any, seed: int) -> SceneSpec:
     """A scene from words: ``objects`` = 1-3 mappings with ``category``, ``colour``, ``size``, ``position``
     (names or vocabulary indices), ``background`` a name of BACKGROUNDS (or its index). The continuous
-    details (sky, horizon, wall colour, texture, exact colour, radius and angle jitter) are drawn from
-    ``seed`` as :func:`~.stimuli.sample_scenes` draws them; objects are drawn largest first.
+    details are drawn from ``seed``: sky, horizon, wall colour and texture by :func:`~.stimuli.sample_scenes`
+    itself, each object's exact colour, radius, angle and position jitter as it draws them; objects are
+    drawn largest first.
 
     Raises:
         ValueError: no object, more than 3, two in one grid cell, or a word outside the vocabulary.
@@ -84,12 +86,8 @@ def compose_scene(objects: Sequence[Mapping[str, Any]], background: Any, seed: i
     if len(set(cells)) != len(cells):
         raise ValueError(f"two objects share the grid cell {POSITIONS[max(set(cells), key=cells.count)]!r}; "
                          "give each object its own position")
-    sky = int(rng.integers(len(SKIES))) if bg < len(GROUNDS) else -1
-    horizon = float(rng.uniform(0.42, 0.68))
-    wall_rgb = WALL_COLOURS[int(rng.integers(len(WALL_COLOURS)))]
-    texture_scale = float(rng.uniform(0.09, 0.2))
-    texture_angle = float(rng.choice([0.0, 45.0, 90.0, 135.0]))
-    texture_seed = int(rng.integers(2**31 - 1))
+    details = sample_scenes(rng, 1)[0]  # sky, horizon, wall colour, texture: drawn as the world draws them
+    sky = -1 if bg >= len(GROUNDS) else (details.sky if details.sky >= 0 else int(rng.integers(len(SKIES))))
     specs = []
     for cat, col, size, cell in sorted(parsed, key=lambda p: -p[2]):  # largest first (stable)
         jitter = rng.uniform(-0.04, 0.04, size=2)
@@ -99,8 +97,7 @@ def compose_scene(objects: Sequence[Mapping[str, Any]], background: Any, seed: i
                                 cx=float((cell % 3 * 2 + 1) / 6 + jitter[0]), cy=float((cell // 3 * 2 + 1) / 6 + jitter[1]),
                                 radius=float(SIZES[SIZE_NAMES[size]] * rng.uniform(0.92, 1.08)),
                                 angle=float(rng.uniform(-15, 15)), rgb=rgb))  # type: ignore[arg-type]
-    return SceneSpec(objects=tuple(specs), background=bg, sky=sky, horizon=horizon, wall_rgb=wall_rgb,
-                     texture_scale=texture_scale, texture_angle=texture_angle, texture_seed=texture_seed)
+    return dataclasses.replace(details, objects=tuple(specs), background=bg, sky=sky)
 
 
 def random_scene(seed: int, max_objects: int = 3) -> SceneSpec:

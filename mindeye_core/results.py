@@ -46,7 +46,7 @@ from . import __version__
 from .errors import DataFormatError, MindEyeError
 from .similarity import DIRECTIONS, as_numpy, cosine_matrix, ranks, top_k_of_similarity
 from .configfile import CLASS_KEY, VERSION_KEY, dump_versioned_config, read_versioned_config
-from .staging import begin, h5_writing, partial_path, storage_error
+from .staging import begin, h5_writing, partial_path, raise_storage_error
 
 FORMAT_NAME = "mindeye-results"
 FORMAT_VERSION = 2
@@ -606,10 +606,7 @@ class ResultsWriter:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if not self._done:
             self.abort()
-        if exc is not None:
-            err = storage_error(exc, self.root)
-            if err is not None:
-                raise err from exc
+        raise_storage_error(exc, self.root)
 
 
 class _BundleExists(DataFormatError, FileExistsError):

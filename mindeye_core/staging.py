@@ -67,6 +67,7 @@ __all__ = [
     "h5_writing",
     "lock_path",
     "partial_path",
+    "raise_storage_error",
     "recover",
     "storage_error",
     "swap_into_place",
@@ -122,6 +123,13 @@ def storage_error(exc: BaseException, root: str | Path) -> StorageError | None:
     if code == errno.EROFS or "Read-only file system" in text:
         return StorageError(f"cannot write {root}: the file system is read-only")
     return None
+
+
+def raise_storage_error(exc: BaseException | None, root: str | Path) -> None:
+    """For a writer's ``__exit__``: re-raise an out-of-disk / read-only ``exc`` as :class:`StorageError`."""
+    err = None if exc is None else storage_error(exc, root)
+    if err is not None:
+        raise err from exc
 
 
 @contextlib.contextmanager
@@ -272,14 +280,14 @@ def check_output_dir(path: str | Path, *, what: str = "--out") -> Path:
         probe = probe.parent
     if not probe.is_dir():
         raise DestinationError(f"{what} {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise StorageError(f"{what} {path} is not writable ({probe}: permission denied or read-only)")
     try:
-        st = os.statvfs(probe)
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
     except OSError:
-        return path
-    if st.f_flag & os.ST_RDONLY:
+        read_only = False
+    if read_only:
         raise StorageError(f"{what} {path} is not writable: {probe} is on a read-only file system")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(f"{what} {path} is not writable ({probe}: permission denied)")
     return path
 
 
@@ -445,10 +453,7 @@ class Staging:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if not self.done:
             self.abort()
-        if exc is not None:
-            err = storage_error(exc, self.root)
-            if err is not None:
-                raise err from exc
+        raise_storage_error(exc, self.root)
 
 
 def begin(

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..configfile import dump_versioned_config, read_versioned_config
 from ..errors import DataFormatError
-from ..staging import Staging, begin, discard_h5, storage_error
+from ..staging import Staging, begin, discard_h5, raise_storage_error
 
 FORMAT_NAME = "mindeye-dataset"
 FORMAT_VERSION = 1
@@ -340,10 +340,7 @@ class DatasetWriter:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if not self._finalized:
             self.abort()
-        if exc is not None:
-            err = storage_error(exc, self.root)
-            if err is not None:
-                raise err from exc
+        raise_storage_error(exc, self.root)
 
 
 # ----------------------------------------------------------------------------------------------- reader

@@ -713,36 +713,31 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import sys
-
-    try:
-        action = args.nsd_action
-        if action == "download":
-            raw = download_nsd(args.subjects, args.raw_dir, max_workers=args.max_workers, revision=args.revision)
-            print(f"NSD shards for subjects {args.subjects} in {raw}")
-            return 0
-        kwargs = dict(
-            overwrite=args.overwrite,
-            image_size=args.image_size,
-            betas_dtype=args.betas_dtype,
-            repetitions=args.repetitions,
-            progress=not args.no_progress,
+    """Run ``mindeye nsd ACTION``; failures are reported as one line by :mod:`mindeye_core.cli`."""
+    action = args.nsd_action
+    if action == "download":
+        raw = download_nsd(args.subjects, args.raw_dir, max_workers=args.max_workers, revision=args.revision)
+        print(f"NSD shards for subjects {args.subjects} in {raw}")
+        return 0
+    kwargs = dict(
+        overwrite=args.overwrite,
+        image_size=args.image_size,
+        betas_dtype=args.betas_dtype,
+        repetitions=args.repetitions,
+        progress=not args.no_progress,
+    )
+    if action == "convert":
+        root = convert_nsd(args.source, args.output, args.subjects, **kwargs)
+    else:  # import
+        root = import_nsd(
+            args.subjects,
+            args.source if args.source is not None else args.raw_dir,
+            args.output,
+            download=args.source is None,
+            max_workers=args.max_workers,
+            revision=args.revision,
+            **kwargs,
         )
-        if action == "convert":
-            root = convert_nsd(args.source, args.output, args.subjects, **kwargs)
-        else:  # import
-            root = import_nsd(
-                args.subjects,
-                args.source if args.source is not None else args.raw_dir,
-                args.output,
-                download=args.source is None,
-                max_workers=args.max_workers,
-                revision=args.revision,
-                **kwargs,
-            )
-    except (MindEyeError, FileExistsError, FileNotFoundError) as exc:
-        print(f"mindeye nsd {args.nsd_action}: error: {exc}", file=sys.stderr)
-        return 1
     from .format import open_dataset
 
     ds = open_dataset(root)

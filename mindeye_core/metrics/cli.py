@@ -60,39 +60,36 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .features import METRIC_TO_EXTRACTOR, load_extractors
     from .tables import write_tables
 
-    try:
-        bundle = open_results(args.bundle)
-        out = check_output_dir(args.out or (args.bundle / "tables"))  # before the evaluation, not after it
-        metrics = tuple(args.metrics) if args.metrics else RECON_METRICS
-        bad = sorted(set(metrics) - set(RECON_METRICS))
-        if bad:
-            print(f"error: unknown metrics {bad}; known: {' '.join(RECON_METRICS)}", file=sys.stderr)
-            return 2
-        names = list(dict.fromkeys(METRIC_TO_EXTRACTOR[m] for m in metrics if m in METRIC_TO_EXTRACTOR))
-        overrides = _load_overrides(args.extractor)
-        if bundle.world == "demo" and "clip" in names and "clip" not in overrides:
-            # the demo world's CLIP metric uses the demo's own tiny CLIP (ViT-L/14 means nothing there)
-            from .features import demo_clip_extractor
+    # errors are reported as one line by mindeye_core.cli (the traceback with --debug)
+    bundle = open_results(args.bundle)
+    out = check_output_dir(args.out or (args.bundle / "tables"))  # before the evaluation, not after it
+    metrics = tuple(args.metrics) if args.metrics else RECON_METRICS
+    bad = sorted(set(metrics) - set(RECON_METRICS))
+    if bad:
+        print(f"error: unknown metrics {bad}; known: {' '.join(RECON_METRICS)}", file=sys.stderr)
+        return 2
+    names = list(dict.fromkeys(METRIC_TO_EXTRACTOR[m] for m in metrics if m in METRIC_TO_EXTRACTOR))
+    overrides = _load_overrides(args.extractor)
+    if bundle.world == "demo" and "clip" in names and "clip" not in overrides:
+        # the demo world's CLIP metric uses the demo's own tiny CLIP (ViT-L/14 means nothing there)
+        from .features import demo_clip_extractor
 
-            try:
-                overrides["clip"] = demo_clip_extractor(device=args.device)
-            except MindEyeError as exc:
-                print(f"clip: demo CLIP unavailable ({exc})", file=sys.stderr)
-        extractors, unavailable = load_extractors(names, args.weights, allow_download=args.allow_download, device=args.device,
-                                                  overrides=overrides)
-        for metric, reason in unavailable.items():
-            print(f"{metric}: unavailable ({reason})", file=sys.stderr)
-        evaluations = evaluate_bundle(
-            bundle, extractors=extractors, unavailable=unavailable, subjects=args.subjects, strengths=args.strengths,
-            metrics=metrics, paper_parity=args.paper_parity, retrieval_kwargs={"n_draws": args.n_draws, "seed": args.seed},
-            store=not args.no_store, batch_size=args.batch_size, device=args.device,
-        )
-        paths = write_tables(evaluations, out, strength=args.table_strength, official_code_directions=args.official_code_directions,
-                             title=f"{bundle.world or 'results'} ({args.weights} feature weights)")
-        (Path(out) / "metrics.json").write_text(json.dumps(evaluations, indent=2, default=float) + "\n")
-    except MindEyeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        try:
+            overrides["clip"] = demo_clip_extractor(device=args.device)
+        except MindEyeError as exc:
+            print(f"clip: demo CLIP unavailable ({exc})", file=sys.stderr)
+    extractors, unavailable = load_extractors(names, args.weights, allow_download=args.allow_download, device=args.device,
+                                              overrides=overrides)
+    for metric, reason in unavailable.items():
+        print(f"{metric}: unavailable ({reason})", file=sys.stderr)
+    evaluations = evaluate_bundle(
+        bundle, extractors=extractors, unavailable=unavailable, subjects=args.subjects, strengths=args.strengths,
+        metrics=metrics, paper_parity=args.paper_parity, retrieval_kwargs={"n_draws": args.n_draws, "seed": args.seed},
+        store=not args.no_store, batch_size=args.batch_size, device=args.device,
+    )
+    paths = write_tables(evaluations, out, strength=args.table_strength, official_code_directions=args.official_code_directions,
+                         title=f"{bundle.world or 'results'} ({args.weights} feature weights)")
+    (Path(out) / "metrics.json").write_text(json.dumps(evaluations, indent=2, default=float) + "\n")
     print(paths["table1_md"].read_text())
     print(f"tables written to {out}")
     return 0
@@ -125,18 +122,14 @@ def _table(args: argparse.Namespace) -> int:
     from ..results import open_results
     from .tables import write_tables
 
-    try:
-        bundle = open_results(args.bundle, validate_arrays=False)
-        evaluations = {s: bundle.subject(s).metrics for s in bundle.subjects}
-        missing = [s for s, m in evaluations.items() if not m.get("strengths")]
-        if missing:
-            print(f"error: no stored metrics for {missing}; run `mindeye evaluate {args.bundle}` first", file=sys.stderr)
-            return 1
-        out = args.out or (args.bundle / "tables")
-        paths = write_tables(evaluations, out, strength=args.table_strength, official_code_directions=args.official_code_directions,
-                             with_reference=not args.no_reference, title=bundle.world)
-    except MindEyeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    bundle = open_results(args.bundle, validate_arrays=False)
+    evaluations = {s: bundle.subject(s).metrics for s in bundle.subjects}
+    missing = [s for s, m in evaluations.items() if not m.get("strengths")]
+    if missing:
+        print(f"error: no stored metrics for {missing}; run `mindeye evaluate {args.bundle}` first", file=sys.stderr)
         return 1
+    out = args.out or (args.bundle / "tables")
+    paths = write_tables(evaluations, out, strength=args.table_strength, official_code_directions=args.official_code_directions,
+                         with_reference=not args.no_reference, title=bundle.world)
     print(paths["table1_md"].read_text())
     return 0

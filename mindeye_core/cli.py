@@ -179,6 +179,18 @@ def one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def report_failure(args: argparse.Namespace, exc: BaseException) -> int:
+    """Print ``exc`` as the one-line error of ``args.command`` and return 1; re-raise it under ``--debug``.
+
+    For sub-commands whose function is also called directly (tests, scripts) and must return an exit code.
+    """
+    if getattr(args, "debug", False):
+        raise exc
+    prog = f"mindeye {args.command}" if getattr(args, "command", None) else "mindeye"
+    print(f"{prog}: error: {one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mindeye``; returns the exit code (see the module docstring for how errors are reported)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -186,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = [a for a in args_list if a != DEBUG_FLAG]
     parser = build_parser()
     args = parser.parse_args(args_list)
+    args.debug = debug
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -197,10 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mindeye {args.command}: interrupted", file=sys.stderr)
         return 130
     except EXPECTED_ERRORS as exc:
-        if debug:
-            raise
-        print(f"mindeye {args.command}: error: {one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
-        return 1
+        return report_failure(args, exc)
 
 
 if __name__ == "__main__":

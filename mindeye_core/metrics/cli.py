@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import (device_arg, existing_folder_arg, non_negative_int, output_folder_arg, positive_int,
-                   unit_float)
+from ..cli import (EXPECTED_ERRORS, device_arg, folder_arg, non_negative_int, output_folder_arg, positive_int,
+                   report_failure, unit_float)
 from ..errors import MindEyeError
 from ..staging import check_output_dir
 
@@ -24,7 +24,7 @@ from ..staging import check_output_dir
 def register(subparsers: Any) -> None:
     """Add ``evaluate`` and ``table`` to the ``mindeye`` command."""
     p = subparsers.add_parser("evaluate", help="evaluate a results bundle (paper metrics + retrieval) and write tables")
-    p.add_argument("bundle", type=existing_folder_arg, help="results bundle folder (written by mindeye_core.results.ResultsWriter)")
+    p.add_argument("bundle", type=folder_arg, help="results bundle folder (written by mindeye_core.results.ResultsWriter)")
     p.add_argument("--out", type=output_folder_arg, default=None, help="where to write the tables (default: BUNDLE/tables)")
     p.add_argument("--subjects", nargs="*", default=None, help="subjects to evaluate (default: all)")
     p.add_argument("--strengths", nargs="*", type=unit_float, default=None, help="img2img strengths to evaluate (default: all)")
@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_evaluate)
 
     t = subparsers.add_parser("table", help="write Table-1/Table-5 Markdown + CSV from a bundle's stored metrics")
-    t.add_argument("bundle", type=existing_folder_arg)
+    t.add_argument("bundle", type=folder_arg)
     t.add_argument("--out", type=output_folder_arg, default=None, help="default: BUNDLE/tables")
     t.add_argument("--table-strength", type=unit_float, default=0.15)
     t.add_argument("--official-code-directions", action="store_true")
@@ -55,12 +55,19 @@ def register(subparsers: Any) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    """``mindeye evaluate``; an expected failure is one line on stderr and exit code 1 (:func:`report_failure`)."""
+    try:
+        return _run_evaluate(args)
+    except EXPECTED_ERRORS as exc:
+        return report_failure(args, exc)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
     from ..results import open_results
     from .evaluate import RECON_METRICS, evaluate_bundle
     from .features import METRIC_TO_EXTRACTOR, load_extractors
     from .tables import write_tables
 
-    # errors are reported as one line by mindeye_core.cli (the traceback with --debug)
     bundle = open_results(args.bundle)
     out = check_output_dir(args.out or (args.bundle / "tables"))  # before the evaluation, not after it
     metrics = tuple(args.metrics) if args.metrics else RECON_METRICS
@@ -119,6 +126,14 @@ def _load_overrides(specs: list[str]) -> dict[str, Any]:
 
 
 def _table(args: argparse.Namespace) -> int:
+    """``mindeye table``; an expected failure is one line on stderr and exit code 1 (:func:`report_failure`)."""
+    try:
+        return _run_table(args)
+    except EXPECTED_ERRORS as exc:
+        return report_failure(args, exc)
+
+
+def _run_table(args: argparse.Namespace) -> int:
     from ..results import open_results
     from .tables import write_tables
 

@@ -127,13 +127,15 @@ def _load_yaml_config(b: Build, stage: str, cls: type, name: str, **fixed: Any) 
 
 
 def _ship_model(model_cls: Any, src: Path, dst: Path) -> None:
-    """Re-save an exported model folder with float16 weights (``ConfigModule.save_pretrained(dtype=...)``),
-    staged in ``<dst>.partial`` and renamed, so a crash never leaves a half-written shipped folder."""
+    """Re-save an exported model folder with float16 weights (``ConfigModule.save_pretrained(dtype=...)``, with its
+    ``.sha256`` sidecar), staged in ``<dst>.partial`` and swapped in by :func:`mindeye_core.staging.swap_into_place`,
+    so a crash leaves the old or the new shipped folder, never a half-written one and never none."""
+    from mindeye_core.staging import swap_into_place
+
     tmp = dst.with_name(dst.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model_cls.from_pretrained(src).save_pretrained(tmp, dtype=torch.float16)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+    swap_into_place(tmp, dst)
 
 
 # ------------------------------------------------------------------------------------------------ stages

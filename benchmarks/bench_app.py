@@ -275,11 +275,13 @@ def _load(url: str, subjects: list[str], n_trials: int, stored: list[float], cli
 def _measure_lab(session: RawSession, pid: int, subjects: list[str], n_trials: int, rng: random.Random,
                  args: argparse.Namespace, rows: dict[str, Any]) -> None:
     """Lab scene -> reconstruction and the single-trial toggle (issue 13), or why they are unavailable."""
+    import httpx
+
     try:  # the first call waits for the subject's forward model if the background start-up has not built it
         t0 = time.perf_counter()
         session.lab(subjects[0], *_lab_scene(rng), 0, 0.15)
         rows["lab_first_s"] = time.perf_counter() - t0
-    except RuntimeError as exc:
+    except (RuntimeError, httpx.HTTPError) as exc:  # no lab on this bundle (no demo world beside it)
         rows["lab_problem"] = str(exc)[:300]
         return
 

@@ -87,7 +87,8 @@ def test_live_regeneration_reproduces_the_bundle(built: Path) -> None:
 
     torch.set_num_threads(1)  # the build ran with --threads 1: CPU kernels round differently per thread count
     bundle = open_results(built / "assets" / "demo_results")
-    assert bundle.provenance["generation"]["torch_threads"] == 1
+    assert bundle.provenance["generation"]["torch_threads"] == {name: 1 for name in bundle.subjects}
+    assert all(bundle.subject(name).provenance["torch_threads"] == 1 for name in bundle.subjects)
     s = bundle.subject("subj02")
     brain = built / "assets" / "demo_brain" / "subj02"
     rec = Reconstructor.from_spec(demo_spec(brain / "highlevel", brain / "lowlevel", steps=2, n_samples=2))

@@ -32,7 +32,7 @@ def test_two_stage_picks_by_hidden_similarity_and_excludes_near_duplicates() -> 
     hidden = rng.standard_normal((n, t, d)).astype(np.float32)
     final = hidden[:, 0]
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    images[7] = images[3]  # item 7 is an exact copy of item 3
+    images[7], hidden[7] = images[3], hidden[3]  # item 7 is an exact copy of item 3 (final is a view of hidden)
 
     def images_of(ids: np.ndarray) -> np.ndarray:
         return images[np.asarray(ids)]

@@ -33,8 +33,8 @@ two renames.
 
 :meth:`Staging.abort` (also called by every writer's ``__exit__`` on an exception) removes the partial folder
 and releases the lock. Out-of-disk errors are turned into :class:`~mindeye_core.errors.StorageError` by
-:func:`storage_error`; HDF5 files of an aborted write are closed through :func:`discard_h5` so that HDF5
-does not try to flush them again into a full disk (which crashes the interpreter at exit, signal 11).
+:func:`storage_error`; HDF5 files of an aborted write are closed through :func:`discard_h5` (a failing close
+is ignored: the files are deleted).
 """
 
 from __future__ import annotations
@@ -357,24 +357,15 @@ def swap_into_place(new: str | Path, root: str | Path) -> Path:
 
 # ----------------------------------------------------------------------------------------------- HDF5
 def discard_h5(h5: Any) -> None:
-    """Close an HDF5 file of an aborted write without letting HDF5 write to it again.
+    """Close an HDF5 file of an aborted write, ignoring a failing close (the file is deleted next).
 
-    Its file descriptor is first pointed at ``/dev/null``: a file whose write failed for lack of space would
-    otherwise be flushed again at close and at interpreter exit, which fails again and crashes the process
-    (signal 11). The file itself is deleted with the partial folder.
+    Known limitation: when the disk filled up, HDF5 may still hold the file after a failed close and flush it
+    again at interpreter exit, which can end the process with signal 11 *after* the writer has reported the
+    :class:`StorageError` and removed the partial folder. Pointing the descriptor at ``/dev/null`` before the
+    close avoids that in simple cases but crashed in others, so it is not done (see docs/reliability.md).
     """
     if h5 is None or not h5.id.valid:
         return
-    try:
-        fd = h5.id.get_vfd_handle()
-    except (OSError, ValueError, TypeError, RuntimeError):  # not a sec2 file: close as usual
-        fd = None
-    if isinstance(fd, int) and fd >= 0:
-        null = os.open(os.devnull, os.O_RDWR)
-        try:
-            os.dup2(null, fd)
-        finally:
-            os.close(null)
     with contextlib.suppress(OSError, RuntimeError, ValueError):
         h5.close()
 

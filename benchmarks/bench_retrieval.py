@@ -24,7 +24,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -68,14 +68,14 @@ def _drop_self(lists: np.ndarray, own: np.ndarray | None, k: int) -> np.ndarray:
 
 
 def bench_one(x: np.ndarray, q: np.ndarray, own: np.ndarray | None, kinds: list[str],
-              params: dict[str, dict[str, Any]], k: int = 10) -> list[dict[str, Any]]:
-    """Build each kind over ``x`` (N, D) and time single queries ``q`` (Q, D); recall@k vs exact flat."""
+              params: dict[str, dict[str, Any]], k: int = 10) -> Iterator[dict[str, Any]]:
+    """Build each kind over ``x`` (N, D) and time single queries ``q`` (Q, D); recall@k vs exact flat.
+    Rows are yielded as each kind finishes (flat first: it is the exact reference)."""
     import faiss
 
     from mindeye_core.retrieval.index import apply_search_params, faiss_factory, index_memory_bytes, recall_at_k
 
     n, d = x.shape
-    rows: list[dict[str, Any]] = []
     exact: np.ndarray | None = None
     for kind in ["flat"] + [kd for kd in kinds if kd != "flat"]:
         factory, search = faiss_factory(kind, n, params.get(kind))
@@ -101,12 +101,13 @@ def bench_one(x: np.ndarray, q: np.ndarray, own: np.ndarray | None, kinds: list[
             exact = got
         assert exact is not None
         mem = index_memory_bytes(index)
-        rows.append({"kind": kind, "factory": factory, "search": search, "n": n, "dim": d, "build_s": build_s,
-                     "memory_mb": mem / 2**20, "vs_flat": mem / (n * d * 4),
-                     "p50_ms": 1e3 * float(np.percentile(lat, 50)), "p95_ms": 1e3 * float(np.percentile(lat, 95)),
-                     "recall@10": recall_at_k(got, exact, k)})
+        row = {"kind": kind, "factory": factory, "search": search, "n": n, "dim": d, "build_s": build_s,
+               "memory_mb": mem / 2**20, "vs_flat": mem / (n * d * 4),
+               "p50_ms": 1e3 * float(np.percentile(lat, 50)), "p95_ms": 1e3 * float(np.percentile(lat, 95)),
+               "recall@10": recall_at_k(got, exact, k)}
         del index
-    return [r for r in rows if r["kind"] in kinds]
+        if kind in kinds:
+            yield row
 
 
 def main() -> None:

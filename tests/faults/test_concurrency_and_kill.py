@@ -216,8 +216,9 @@ def test_kill9_mid_training_checkpoint_and_second_run_refused(tmp_path: Path) ->
     child.wait_for()
     from training.engine import Trainer, _lock_run
 
-    with pytest.raises(DestinationLockedError, match=rf"training run folder .* pid {child.pid}"):
+    with pytest.raises(DestinationLockedError, match=r"training run folder .* is being written by another process") as err:
         _lock_run(out)
+    assert f"pid {child.pid} " in str(err.value), (str(err.value), child.pid)
     child.kill9()
     ckpts = Trainer.checkpoints_in(out)
     assert [p.name for p in ckpts] == ["step_00000001"]  # the torn step 2 is not listed

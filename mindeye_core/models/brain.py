@@ -49,7 +49,8 @@ def check_voxels(x: torch.Tensor, n_voxels: int, model: str) -> None:
         raise DataFormatError(f"{model}: voxels must be (batch, {n_voxels}), got shape {tuple(x.shape)}")
     if x.shape[1] != n_voxels:
         raise DataFormatError(f"{model}: expected {n_voxels} voxels (n_voxels), got {x.shape[1]}")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    # meta tensors (shape-only dry runs) have no values to check
+    if x.is_floating_point() and not x.is_meta and not bool(torch.isfinite(x).all()):
         rows = torch.nonzero(~torch.isfinite(x).all(dim=1)).flatten()[:5].tolist()
         raise DataFormatError(f"{model}: voxels contain NaN or infinite values (rows {rows})")
 

@@ -654,7 +654,7 @@ def _read_open(h5: h5py.File, path: Path, key: str, index: Any, lead: tuple[int,
         i = int(index)
         if not -n <= i < n:
             raise IndexError(f"{path}: index {i} out of range for {key} with {n} rows")
-        return _decoded(ds, ds[(*lead, i % n)], path, key, scalar=True)
+        return _decoded(ds, ds[(*lead, i % n)], path, key)
     idx = np.asarray(index).reshape(-1)
     if idx.dtype == bool:
         idx = np.flatnonzero(idx)
@@ -667,13 +667,14 @@ def _read_open(h5: h5py.File, path: Path, key: str, index: Any, lead: tuple[int,
     return np.take(_decoded(ds, ds[(*lead, uniq)], path, key), inverse, axis=0)
 
 
-def _decoded(ds: h5py.Dataset, raw: Any, path: Path, key: str, *, scalar: bool = False) -> np.ndarray:
-    """``raw`` as read from ``ds``; for a PNG-coded dataset, its images decoded into ``(*raw.shape, H, W, 3)``."""
+def _decoded(ds: h5py.Dataset, raw: Any, path: Path, key: str) -> np.ndarray:
+    """``raw`` as read from ``ds``; for a PNG-coded dataset, its images decoded into ``(*raw.shape, H, W, 3)``
+    (one element of a vlen dataset reads as a uint8 vector, a selection as an object array)."""
     if not _is_png_dataset(ds):
         return raw
     shape = tuple(int(v) for v in ds.attrs["image_shape"])
     where = f"{path}: dataset {key!r}"
-    if scalar and not (isinstance(raw, np.ndarray) and raw.dtype == object):
+    if not (isinstance(raw, np.ndarray) and raw.dtype == object):
         return _decode_png(raw, shape, where)
     cells = np.asarray(raw, dtype=object)
     out = np.empty((cells.size, *shape), dtype=np.uint8)

@@ -238,6 +238,22 @@ def stage_ceiling(b: Build) -> dict[str, Any]:
     return {"metrics": image_metrics(recon, gt, gt_final, final), "n": int(len(seeds))}
 
 
+def regenerate_batched(rec: Any, prior_samples: torch.Tensor, blurry: torch.Tensor | None, seeds: Sequence[int],
+                       strength: float, *, batch: int, sample_ids: torch.Tensor | None = None,
+                       desc: str | None = None) -> np.ndarray:
+    """``Reconstructor.regenerate`` over ``batch`` trials at a time, first candidate of each trial:
+    ``prior_samples`` ``(N, 1, T, D)`` -> ``(N, H, W, 3)`` uint8 (``desc``: a tqdm bar with that label)."""
+    from tqdm.auto import tqdm
+
+    n = prior_samples.shape[0]
+    parts = []
+    for lo in tqdm(range(0, n, batch), desc=desc, disable=desc is None):
+        sl = slice(lo, lo + batch)
+        parts.append(rec.regenerate(prior_samples[sl], None if blurry is None else blurry[sl], seeds[sl], strength,
+                                    sample_ids=None if sample_ids is None else sample_ids[sl]).candidates[:, 0])
+    return _to_uint8(torch.cat(parts))
+
+
 def evaluate_subject(rec: dict[str, np.ndarray], gt: np.ndarray, gt_final: torch.Tensor, clip_final: Any) -> dict[str, Any]:
     """Per-strength reconstruction metrics, blurry metrics, retrieval for MindEye and the ridge baseline."""
     from mindeye_core.metrics.retrieval import retrieval_metrics
@@ -294,11 +310,8 @@ def stage_recon(b: Build, subject: str) -> dict[str, Any]:
 
     blurry_t = torch.from_numpy(arrays["blurry"]).permute(0, 3, 1, 2)
     for s in tqdm([s for s in STRENGTHS if s != DEFAULT_STRENGTH], desc=f"{subject} strengths", disable=not b.progress):
-        parts = []
-        for lo in range(0, n, b.recon_batch):
-            sl = slice(lo, lo + b.recon_batch)
-            parts.append(rec.regenerate(best[sl], blurry_t[sl], seeds[sl], s, sample_ids=only_picked[sl]).candidates[:, 0])
-        arrays[f"finals_{s:g}"] = _to_uint8(torch.cat(parts))
+        arrays[f"finals_{s:g}"] = regenerate_batched(rec, best, blurry_t, seeds, s, batch=b.recon_batch,
+                                                     sample_ids=only_picked)
     hidden, final = _encoders()
     with torch.no_grad():
         clip_image = hidden.encode_batches(_float(gt), batch_size=100)
@@ -314,11 +327,8 @@ def stage_recon(b: Build, subject: str) -> dict[str, Any]:
     arrays["ridge_blurry"] = _to_uint8(ridge_blurry)
     ridge_hidden = torch.as_tensor(np.asarray(RidgeBaseline.load(ridge_dir / "hidden").predict(voxels), np.float32))
     ridge_blurry_t = torch.from_numpy(arrays["ridge_blurry"]).permute(0, 3, 1, 2)
-    parts = []
-    for lo in tqdm(range(0, n, b.recon_batch), desc=f"{subject} ridge", disable=not b.progress):
-        sl = slice(lo, lo + b.recon_batch)
-        parts.append(rec.regenerate(ridge_hidden[sl].unsqueeze(1), ridge_blurry_t[sl], seeds[sl], DEFAULT_STRENGTH).candidates[:, 0])
-    arrays["ridge_finals"] = _to_uint8(torch.cat(parts))
+    arrays["ridge_finals"] = regenerate_batched(rec, ridge_hidden.unsqueeze(1), ridge_blurry_t, seeds, DEFAULT_STRENGTH,
+                                                batch=b.recon_batch, desc=f"{subject} ridge" if b.progress else None)
     arrays["umap"] = bundle_umap({"clip_image": arrays["clip_image"], "backbone": arrays["backbone"],
                                   "projector": arrays["projector"], "prior": arrays["prior"]})
     metrics = evaluate_subject(arrays, gt, gt_final, final)

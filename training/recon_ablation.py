@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mindeye_core.demo_models import load_demo_clip
     from mindeye_core.recon import Reconstructor, demo_spec
 
-    from training.build_demo_assets import _float, _to_uint8, image_metrics
+    from training.build_demo_assets import _float, _to_uint8, image_metrics, regenerate_batched
     from training.data import resolve_dataset
 
     from mindeye_core.paths import cache_dir
@@ -92,13 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(rows_out[-1], flush=True)
 
     def gen(emb: torch.Tensor, strength: float, ids: torch.Tensor | None = None) -> np.ndarray:
-        parts = []
-        for lo in range(0, n, 16):
-            sl = slice(lo, lo + 16)
-            out = rec.regenerate(emb[sl], blurry[sl] if strength > 0 else None, seeds[sl], strength,
-                                 sample_ids=None if ids is None else ids[sl])
-            parts.append(out.candidates[:, 0])
-        return _to_uint8(torch.cat(parts))
+        return regenerate_batched(rec, emb, blurry if strength > 0 else None, seeds, strength, batch=16, sample_ids=ids)
 
     gt_tok = gt_hidden.reshape(n, 1, *tokens)
     add("ground-truth tokens, strength 0 (ceiling)", gen(gt_tok, 0.0), gt_tok)

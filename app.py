@@ -13,7 +13,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from app import ExplorerStore, build_demo, launch_kwargs  # noqa: E402
 
-demo = build_demo(ExplorerStore.open(background=True))  # live models load while the page is served
+# the live models load, and a missing demo world (brain view, single trials, lab) is generated, while the page is served
+demo = build_demo(ExplorerStore.open(background=True, build_world=True))
 
 if __name__ == "__main__":
     demo.launch(**launch_kwargs())  # host from $GRADIO_SERVER_NAME (Spaces sets 0.0.0.0), else 127.0.0.1

@@ -130,7 +130,9 @@ def status_markdown(store: ExplorerStore) -> str:
     name = gen.get("name", "") if isinstance(gen, Mapping) else ""
     return (f"**{store.world}** world · {len(store.subjects)} subjects ({', '.join(store.subjects)}) · "
             f"strength grid {grid} (default {store.default_strength:g}) · {live}"
-            + (f" · generator `{name}`" if name else "") + f" · bundle `{store.source}`")
+            + (f" · generator `{name}`" if name else "") + f" · bundle `{store.source}`"
+            + (" · the demo world (brain view, single trials, lab) is being generated: reload in a minute"
+               if store.world_building else ""))
 
 
 # ------------------------------------------------------------------------------------ strength

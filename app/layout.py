@@ -236,8 +236,10 @@ def _lab_tab(p: _Page, store: ExplorerStore) -> None:
     from mindeye_core.data.demo import BACKGROUNDS, CATEGORIES, COLOUR_NAMES, POSITIONS, SIZE_NAMES
 
     world = store.world_data
-    if world is None or not world.can_simulate or not store.reconstructors and not store.live_loading:
-        why = store.world_problem or store.live_problem or f"the {world.world!r} world has no simulated cortex"
+    has_world = store.world_building or world is not None and world.can_simulate  # building: the demo world
+    if not has_world or not store.reconstructors and not store.live_loading:
+        why = (store.live_problem if has_world else None) or store.world_problem or store.live_problem or (
+            f"the {world.world!r} world has no simulated cortex" if world is not None else "no dataset is open")
         p["lab_off"] = gr.Markdown(f"The decoding lab needs the demo world's dataset and the live models: {why}.",
                                    elem_id="lab-off")
         return

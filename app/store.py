@@ -340,6 +340,7 @@ class ExplorerStore:
     world_data: Any = None
     world_problem: str | None = None
     _clip: dict[int, np.ndarray] = field(default_factory=dict)
+    _world_thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -347,7 +348,7 @@ class ExplorerStore:
              brain_root: str | Path | None = None,
              live_loader: Callable[[ExplorerStore], Mapping[str, Any]] | None = None,
              opener: Callable[..., BundleReader] | None = None, background: bool = False,
-             data: str | Path | bool | None = None) -> ExplorerStore:
+             data: str | Path | bool | None = None, build_world: bool | Any = False) -> ExplorerStore:
         """Open a bundle and, on the demo world (``live`` not ``False``), the live reconstructors.
 
         Never raises for a missing or unreadable bundle or model: the reason lands in :attr:`problem` /
@@ -368,6 +369,12 @@ class ExplorerStore:
                 :mod:`app.world`): a folder, ``False`` for none, ``None`` (default) for
                 :func:`app.world.default_world_root` on the demo world; why it is missing lands in
                 :attr:`world_problem`.
+            build_world: on the demo world with ``data=None``, generate the missing demo world at
+                :func:`app.world.default_world_root` in a background thread (what ``mindeye demo`` would
+                write: about a minute on 2 CPU cores, once); the three panels that need it say so until it is
+                in (:attr:`world_building`, :meth:`wait_world`). ``mindeye app`` turns this on. A
+                :class:`~mindeye_core.data.demo.DemoWorldConfig` instead of ``True`` generates that world
+                (default: the shipped bundle's, ``DemoWorldConfig()``).
         """
         src = str(source) if source is not None else default_results_source()
         try:
@@ -386,7 +393,7 @@ class ExplorerStore:
                 store._stimuli = np.asarray(bundle.stimulus_images())  # the test images, held in memory
         except (MindEyeError, OSError, KeyError, ValueError) as exc:
             return cls(source=src, problem=f"The results bundle {src!r} cannot be read: {exc}. {BUILD_HINT}")
-        store._open_world(data)
+        store._open_world(data, build_world=build_world)
         if live is False or (live is None and store.world != "demo"):
             store.live_problem = (f"live generation is off for the {store.world!r} world" if live is None
                                   else "live generation was turned off (--no-live)")
@@ -400,7 +407,7 @@ class ExplorerStore:
             store._load_live(loader)
         return store
 
-    def _open_world(self, data: str | Path | bool | None) -> None:
+    def _open_world(self, data: str | Path | bool | None, *, build_world: bool | Any = False) -> None:
         from .world import default_world_root, open_world
 
         if data is False or (data is None and self.world != "demo"):
@@ -410,8 +417,46 @@ class ExplorerStore:
         root = default_world_root() if data is None or data is True else Path(data)
         voxels = {name: c.reader.info.get("n_voxels") for name, c in self._subjects.items()}
         fingerprint = self.provenance.get("dataset_manifest_sha256")
-        self.world_data, self.world_problem = open_world(root, voxels, fingerprint if isinstance(fingerprint, str)
-                                                         else None)
+        fingerprint = fingerprint if isinstance(fingerprint, str) else None
+        if build_world and data is None and self.world == "demo" and not (root / "manifest.json").exists():
+            self.world_problem = (f"the demo world is being generated at {root} (once, about a minute on 2 CPU "
+                                  "cores); this panel works as soon as it is in")
+            config = None if build_world is True else build_world
+            self._world_thread = threading.Thread(target=self._build_world, args=(root, voxels, fingerprint, config),
+                                                  name="mindeye-demo-world", daemon=True)
+            self._world_thread.start()
+            return
+        self.world_data, self.world_problem = open_world(root, voxels, fingerprint)
+
+    def _build_world(self, root: Path, voxels: Mapping[str, int | None], fingerprint: str | None,
+                     config: Any = None) -> None:
+        """Background thread of ``build_world``: :func:`mindeye_core.data.demo.ensure_demo_world` (the
+        staging module's lock refuses a second writer, e.g. another app started at once), then open it."""
+        from mindeye_core.data.demo import DemoWorldConfig, ensure_demo_world
+
+        from .world import open_world
+
+        try:
+            ensure_demo_world(root, config if config is not None else DemoWorldConfig(), progress=False)
+        except (MindEyeError, OSError, ValueError) as exc:
+            self.world_problem = f"generating the demo world at {root} failed: {exc} (run `mindeye demo`)"
+            return
+        world, problem = open_world(root, voxels, fingerprint)
+        self.world_problem = problem
+        self.world_data = world
+        if world is not None and world.can_simulate and self.reconstructors:
+            self._prepare_lab()
+
+    @property
+    def world_building(self) -> bool:
+        """``True`` while the demo world is generated in the background (``build_world``)."""
+        return self._world_thread is not None and self._world_thread.is_alive()
+
+    def wait_world(self, timeout: float | None = None) -> bool:
+        """Wait for a background world generation (if any); returns whether the dataset is open."""
+        if self._world_thread is not None:
+            self._world_thread.join(timeout)
+        return self.world_data is not None
 
     def _load_live(self, loader: Callable[[ExplorerStore], Mapping[str, Any]]) -> None:
         try:

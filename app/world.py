@@ -11,12 +11,12 @@ A results bundle stores the 3-trial averages and the reconstructions; three pane
 :class:`WorldData` opens that dataset read-only; it is shared by every session (the forward models are
 built under a lock, once). Where it comes from: the store's ``data=`` argument, else ``$MINDEYE_DEMO_WORLD``,
 else ``$MINDEYE_DATA/demo`` (``mindeye demo`` writes it there). A dataset whose manifest differs from the
-one the bundle records (``provenance.dataset_manifest_sha256``) is refused, naming both.
+one the bundle records (``provenance.dataset_manifest_sha256``, :func:`mindeye_core.data.format.dataset_fingerprint`)
+is refused, naming both.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -73,17 +73,17 @@ class WorldData:
             DataFormatError: not a canonical dataset, another dataset than the bundle's (``fingerprint`` =
                 the sha256 of the manifest the bundle was built from), or a subject missing / of another size.
         """
-        from mindeye_core.data.format import open_dataset
+        from mindeye_core.data.format import dataset_fingerprint, open_dataset
 
         root = Path(root)
         manifest = root / "manifest.json"
         if not manifest.is_file():
             raise FileNotFoundError(f"no dataset at {root} (missing {manifest.name})")
         if fingerprint:
-            mine = hashlib.sha256(manifest.read_bytes()).hexdigest()
+            mine = dataset_fingerprint(root)
             if mine != fingerprint:
                 raise DataFormatError(f"the dataset at {root} is not the one the bundle was built from "
-                                      f"(manifest sha256 {mine[:12]}..., the bundle records {fingerprint[:12]}...)")
+                                      f"(fingerprint {mine[:12]}..., the bundle records {fingerprint[:12]}...)")
         ds = open_dataset(root)
         for name, n_voxels in subjects.items():
             if name not in ds.subjects:

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None, help="port (default $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--no-live", action="store_true",
                         help="never generate live: the strength slider snaps to the bundle's grid")
+    parser.add_argument("--no-world", action="store_true",
+                        help="do not generate a missing demo world in the background (the brain view, single "
+                             "trials and the decoding lab then say how to get it: `mindeye demo`)")
 
 
 def import_app() -> Any:
@@ -46,11 +49,13 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app = import_app()
     store = app.ExplorerStore.open(args.results, revision=args.revision, live=False if args.no_live else None,
-                                   background=True)
+                                   background=True, build_world=not args.no_world)
     if not store.ready:
         print(f"mindeye app: {store.problem}", file=sys.stderr)
     elif store.live_problem:
         print(f"mindeye app: {store.live_problem}", file=sys.stderr)
+    if store.world_building:
+        print(f"mindeye app: {store.world_problem}", file=sys.stderr)
     app.launch_app(store, host=args.host, port=args.port)
     return 0
 

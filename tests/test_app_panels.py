@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from mindeye_core.data.demo import DemoWorldConfig, generate_demo_world, load_voxel_table  # noqa: E402
 from mindeye_core.data.demo.lab import SubjectForwardModel, compose_scene, random_scene, render_one  # noqa: E402
-from mindeye_core.data.format import open_dataset  # noqa: E402
+from mindeye_core.data.format import dataset_fingerprint, open_dataset  # noqa: E402
 from mindeye_core.errors import DataFormatError  # noqa: E402
 
 from app import panels as pn  # noqa: E402
@@ -382,3 +382,41 @@ def test_panels_on_the_shipped_bundle() -> None:
     scene, _ = pn.lab_scene(st, [[True, "star", "red", "large", "center"]], "green ground", 1)
     r = pn.lab_decode(st, subject, scene, 1.0, 3, 1, st.default_strength)
     assert 0 <= r.rank <= cache.n and r.final.shape == r.seen.shape
+
+
+def test_missing_world_is_generated_in_the_background(bundle: Path, world: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``build_world`` (what ``mindeye app`` passes): the panels say the world is coming, then use it."""
+    from app import callbacks as cb
+    from app.world import ENV_DEMO_WORLD
+
+    target = tmp_path / "data" / "demo"
+    monkeypatch.setenv(ENV_DEMO_WORLD, str(target))
+    st = ExplorerStore.open(bundle, live=False, build_world=WORLD)
+    if st.world_building:  # the thread may already be done on a fast machine
+        assert st.world_data is None and "being generated" in st.world_problem
+        assert "being generated" in _error(pn.lab_scene, st, [[True, "star", "red", "small", "center"]],
+                                           "plain wall", 0)
+        assert "being generated" in cb.status_markdown(st) or not st.world_building
+    assert st.wait_world(120) and not st.world_building and st.world_problem is None
+    assert dataset_fingerprint(target) == dataset_fingerprint(world)  # the same world (only its timings differ)
+    np.testing.assert_array_equal(st.world_data.voxel_tables["subj01"]["prf_x"],
+                                  load_voxel_table(world, "subj01")["prf_x"])
+    # a world that is already there is opened, never generated again; without build_world nothing is generated
+    again = ExplorerStore.open(bundle, live=False, build_world=WORLD)
+    assert not again.world_building and again.world_data is not None
+    monkeypatch.setenv(ENV_DEMO_WORLD, str(tmp_path / "other"))
+    assert ExplorerStore.open(bundle, live=False).world_data is None and not (tmp_path / "other").exists()
+
+
+def test_background_world_failure_is_reported(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.world import ENV_DEMO_WORLD
+
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "notes.txt").write_text("a user's file")  # not a demo world: never replaced
+    monkeypatch.setenv(ENV_DEMO_WORLD, str(target))
+    st = ExplorerStore.open(bundle, live=False, build_world=WORLD)
+    assert not st.wait_world(120) and st.world_data is None
+    assert "generating the demo world" in st.world_problem and "failed" in st.world_problem
+    assert (target / "notes.txt").read_text() == "a user's file"

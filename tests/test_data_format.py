@@ -439,3 +439,29 @@ def test_ncsnr_errors_and_noiseless_voxel():
     betas = np.array([[1.0, 1.0], [1.0, 2.0], [3.0, 0.0], [3.0, 5.0]])  # voxel 0 identical across repetitions
     out = ncsnr(betas, np.array([0, 0, 1, 1]))
     assert np.isinf(out[0]) and np.isfinite(out[1])
+
+
+def test_dataset_fingerprint_ignores_timings_only(tmp_path):
+    """The same demo world generated twice has one fingerprint (its manifests differ in the seconds taken);
+    another config, or an edited manifest, changes it; a missing or broken manifest names the file."""
+    from mindeye_core.data.demo import DemoWorldConfig, generate_demo_world
+    from mindeye_core.data.format import dataset_fingerprint
+
+    cfg = DemoWorldConfig(n_test_images=6, n_train_images=8, voxels=(30, 20), trials_per_session=20)
+    a = generate_demo_world(tmp_path / "a", cfg, progress=False)
+    b = generate_demo_world(tmp_path / "b", cfg, progress=False)
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["metadata"]["timing_s"] = {"stimuli": 123.0, "total": 456.0}  # as if generated on a slow machine
+    (b / "manifest.json").write_text(json.dumps(manifest, indent=4))  # other formatting, too
+    assert dataset_fingerprint(a) == dataset_fingerprint(b)
+    manifest["metadata"]["seed"] = manifest["metadata"]["seed"] + 1
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    assert dataset_fingerprint(a) != dataset_fingerprint(b)
+    other = generate_demo_world(tmp_path / "c", DemoWorldConfig(n_test_images=6, n_train_images=8, voxels=(30, 21),
+                                                                trials_per_session=20), progress=False)
+    assert dataset_fingerprint(other) != dataset_fingerprint(a)
+    with pytest.raises(DataFormatError, match="missing"):
+        dataset_fingerprint(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(DataFormatError, match="not JSON"):
+        dataset_fingerprint(tmp_path)

@@ -1,7 +1,8 @@
 """Target embeddings computed once per (dataset, encoder) and cached under ``$MINDEYE_CACHE/targets``.
 
 A cache is one ``.npy`` array over *all* image rows of the dataset, ``(n_images, *target_shape)``
-float16, plus ``<name>.json`` holding the keys it was computed for (dataset name and manifest hash,
+float16, plus ``<name>.json`` holding the keys it was computed for (dataset name and fingerprint,
+:func:`mindeye_core.data.format.dataset_fingerprint`,
 encoder name, target shape, encoder weight hash) and a ``done`` mask of the rows filled so far. Rows
 are encoded on demand in chunks (resumable: an interrupted encoding keeps the rows finished), so a
 subject's run only pays for its own images. A cache whose recorded keys disagree with the encoder or
@@ -14,7 +15,6 @@ silently reused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,19 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mindeye_core.data.format import dataset_fingerprint  # noqa: F401  (re-exported: one definition)
 from mindeye_core.errors import CheckpointError, DataFormatError
 from mindeye_core.paths import cache_dir
 from mindeye_core.retrieval.embedders import weight_hash  # noqa: F401  (re-exported: one definition)
 
 __all__ = ["TargetCache", "dataset_fingerprint", "weight_hash"]
-
-
-def dataset_fingerprint(root: str | Path) -> str:
-    """sha256 of a canonical dataset's ``manifest.json`` (changes whenever the dataset is rewritten)."""
-    path = Path(root) / "manifest.json"
-    if not path.is_file():
-        raise DataFormatError(f"not a canonical dataset: missing {path}")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class TargetCache:

@@ -23,6 +23,8 @@ need to fit in memory; test betas are averaged over repetitions on demand (a few
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
@@ -376,6 +378,34 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
             if not isinstance(meta, dict) or key not in meta:
                 raise DataFormatError(f"{path}: subject {subject!r} lacks key {key!r}")
     return manifest
+
+
+VOLATILE_METADATA_KEYS = ("timing_s",)
+"""Manifest ``metadata`` keys that say how a write went (seconds taken), not what was written: left out of
+:func:`dataset_fingerprint`, so the same world generated on two machines has one fingerprint."""
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """sha256 identifying a canonical dataset's content: of its ``manifest.json`` as canonical JSON (sorted
+    keys), without :data:`VOLATILE_METADATA_KEYS`. Changes whenever the dataset is rewritten differently;
+    the same demo world (config, seed, generator version) gives the same fingerprint wherever it is generated.
+    Results bundles and trained models record it; the target cache is keyed by it.
+
+    Raises:
+        DataFormatError: ``root`` holds no manifest, or one that is not JSON.
+    """
+    path = Path(root) / MANIFEST_NAME
+    if not path.is_file():
+        raise DataFormatError(f"not a canonical dataset: missing {path}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataFormatError(f"{path} is not JSON: {exc}") from exc
+    if isinstance(manifest, dict) and isinstance(manifest.get("metadata"), dict):
+        manifest = {**manifest, "metadata": {k: v for k, v in manifest["metadata"].items()
+                                             if k not in VOLATILE_METADATA_KEYS}}
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 @dataclass

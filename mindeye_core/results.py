@@ -1084,10 +1084,25 @@ class ResultsBundle:
         """Replace the stored metrics of ``subject`` and rewrite the manifest atomically."""
         if subject not in self.manifest["subjects"]:
             raise DataFormatError(f"{self.root}: no subject {subject!r}")
-        self.manifest["subjects"][subject]["metrics"] = _json_safe(dict(metrics))
+        from .staging import WriterLock, lock_path
+
+        manifest = json.loads(json.dumps(self.manifest))
+        manifest["subjects"][subject]["metrics"] = _json_safe(dict(metrics))
+        with WriterLock(lock_path(self.root), what=str(self.root)):
+            self._replace_manifest(manifest)
+
+    def _replace_manifest(self, manifest: dict[str, Any]) -> None:
+        """Rewrite ``manifest.json`` atomically (a ``.tmp`` file renamed over it; the caller holds the bundle's
+        writer lock); :attr:`manifest` becomes ``manifest`` only once it is on disk."""
         tmp = self.root / (MANIFEST_NAME + ".tmp")
-        tmp.write_text(_manifest_text(self.manifest))
-        tmp.replace(self.root / MANIFEST_NAME)
+        try:
+            tmp.write_text(_manifest_text(manifest))
+            tmp.replace(self.root / MANIFEST_NAME)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            raise_storage_error(exc, self.root, left="the bundle was left as it was")
+            raise
+        self.manifest = manifest
 
     def set_neighbours(self, subject: str, ids: Any, scores: Any, *, seeds: Any = None,
                        info: Mapping[str, Any] | None = None) -> Path:
@@ -1099,32 +1114,63 @@ class ResultsBundle:
             seeds: optional ``(N, K)`` int demo-pool seeds.
             info: JSON-able description stored in the manifest (index name, model, procedure...).
 
-        The arrays go to ``<subject>_neighbours.h5`` (written to a ``.tmp`` file, then renamed); the manifest
-        is rewritten atomically after it, so a reader sees either the old neighbours or the new ones.
+        The arrays go to a new file ``<subject>_neighbours-<content sha256[:12]>.h5`` (checksummed), then the
+        manifest is rewritten atomically to point at it, then the previous neighbours file is deleted: a reader
+        sees the old manifest and file or the new ones, never a mix. The bundle's writer lock
+        (:class:`mindeye_core.staging.WriterLock` on ``<root>.lock``, the one :class:`ResultsWriter` takes) is
+        held meanwhile, so a concurrent rewrite of the bundle or a second ``set_neighbours`` is refused with
+        :class:`~mindeye_core.errors.DestinationLockedError`; out of disk raises
+        :class:`~mindeye_core.errors.StorageError` and leaves the bundle as it was.
 
         Returns:
             The neighbours file.
         """
+        import hashlib
+
+        from .staging import WriterLock, lock_path, require_free_space
+
         if subject not in self.manifest["subjects"]:
             raise DataFormatError(f"{self.root}: no subject {subject!r}")
         n = int(self.manifest["subjects"][subject]["n_samples"])
         ids_a, sc, sd = _check_neighbours(subject, n, ids, scores, seeds)
-        name = subject + NEIGHBOURS_SUFFIX
-        tmp = self.root / (name + ".tmp")
-        with h5py.File(tmp, "w") as h5:
-            if np.issubdtype(ids_a.dtype, np.integer):
-                h5.create_dataset("ids", data=ids_a.astype(np.int64))
-            else:
-                h5.create_dataset("ids", data=ids_a.astype(str).astype(object), dtype=h5py.string_dtype())
-            h5.create_dataset("scores", data=sc, fletcher32=True)
-            if sd is not None:
-                h5.create_dataset("seeds", data=sd.astype(np.int64), fletcher32=True)
-        tmp.replace(self.root / name)
-        self.manifest["subjects"][subject]["neighbours"] = _json_safe(
-            {**dict(info or {}), "file": name, "k": int(ids_a.shape[1]), "has_seeds": sd is not None})
-        mtmp = self.root / (MANIFEST_NAME + ".tmp")
-        mtmp.write_text(_manifest_text(self.manifest))
-        mtmp.replace(self.root / MANIFEST_NAME)
+        ids_store = ids_a.astype(np.int64) if np.issubdtype(ids_a.dtype, np.integer) else ids_a.astype(str)
+        digest = hashlib.sha256()
+        for part in (ids_store, sc, sd):
+            if part is not None:
+                digest.update(np.ascontiguousarray(part).tobytes())
+        name = f"{subject}{NEIGHBOURS_SUFFIX[:-3]}-{digest.hexdigest()[:12]}.h5"
+        left = "the bundle was left as it was"
+        with WriterLock(lock_path(self.root), what=str(self.root)):
+            tmp = self.root / (name + ".tmp")
+            # the size is known: a full disk is refused before the write (HDF5 handles ENOSPC mid-write badly)
+            require_free_space(self.root / name, sum(a.nbytes for a in (ids_store, sc, sd) if a is not None) + (64 << 10))
+            try:
+                with h5_writing(tmp) as h5:
+                    if ids_store.dtype.kind == "i":
+                        h5.create_dataset("ids", data=ids_store, fletcher32=True)
+                    else:
+                        h5.create_dataset("ids", data=ids_store.astype(object), dtype=h5py.string_dtype())
+                    h5.create_dataset("scores", data=sc, fletcher32=True)
+                    if sd is not None:
+                        h5.create_dataset("seeds", data=sd.astype(np.int64), fletcher32=True)
+                tmp.replace(self.root / name)
+            except BaseException as exc:
+                tmp.unlink(missing_ok=True)
+                raise_storage_error(exc, self.root, left=left)
+                raise
+            previous = self.manifest["subjects"][subject].get("neighbours")
+            manifest = json.loads(json.dumps(self.manifest))
+            manifest["subjects"][subject]["neighbours"] = _json_safe(
+                {**dict(info or {}), "file": name, "k": int(ids_a.shape[1]), "has_seeds": sd is not None})
+            try:
+                self._replace_manifest(manifest)
+            except BaseException:
+                if not (isinstance(previous, dict) and previous.get("file") == name):
+                    (self.root / name).unlink(missing_ok=True)  # nothing points at it
+                raise
+            old = previous.get("file") if isinstance(previous, dict) else None
+            if isinstance(old, str) and old != name and "/" not in old:
+                (self.root / old).unlink(missing_ok=True)
         return self.root / name
 
     def __repr__(self) -> str:

@@ -69,6 +69,7 @@ __all__ = [
     "partial_path",
     "raise_storage_error",
     "recover",
+    "require_free_space",
     "storage_error",
     "swap_into_place",
 ]
@@ -103,33 +104,50 @@ def _now() -> str:
 
 
 # ----------------------------------------------------------------------------------------------- errors
-def storage_error(exc: BaseException, root: str | Path) -> StorageError | None:
+_STAGED = "nothing was published and the partial folder was removed"
+
+
+def storage_error(exc: BaseException, root: str | Path, *, left: str = _STAGED) -> StorageError | None:
     """A :class:`StorageError` describing ``exc`` when it is an out-of-disk / read-only / quota error, else None.
 
-    h5py reports a full disk as ``OSError`` with ``errno`` 28 (or only in its text); both are recognised.
+    h5py reports a full disk as ``OSError`` with ``errno`` 28 (or only in its text), and when closing a file
+    as a ``RuntimeError`` whose text names errno 28; all are recognised. ``left`` says what the failed write
+    left behind (default: a staged write's).
     """
-    if not isinstance(exc, OSError) or isinstance(exc, StorageError):
+    if not isinstance(exc, (OSError, RuntimeError)) or isinstance(exc, StorageError):
         return None
     text = str(exc)
-    code = exc.errno
+    code = exc.errno if isinstance(exc, OSError) else None
+    if isinstance(exc, RuntimeError) and "errno = 28" not in text and "No space left on device" not in text:
+        return None
     if code in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text or "errno = 28" in text:
         where = Path(root).parent
         try:
             free = f"{shutil.disk_usage(where).free / 2**20:.1f} MiB free now"
         except OSError:
             free = "free space unknown"
-        return StorageError(f"out of disk space while writing {root} (on {where}: {free}); nothing was published "
-                            "and the partial folder was removed: free some space or choose another destination")
+        return StorageError(f"out of disk space while writing {root} (on {where}: {free}); {left}: free some space "
+                            "or choose another destination")
     if code == errno.EROFS or "Read-only file system" in text:
         return StorageError(f"cannot write {root}: the file system is read-only")
     return None
 
 
-def raise_storage_error(exc: BaseException | None, root: str | Path) -> None:
+def raise_storage_error(exc: BaseException | None, root: str | Path, *, left: str = _STAGED) -> None:
     """For a writer's ``__exit__``: re-raise an out-of-disk / read-only ``exc`` as :class:`StorageError`."""
-    err = None if exc is None else storage_error(exc, root)
+    err = None if exc is None else storage_error(exc, root, left=left)
     if err is not None:
         raise err from exc
+
+
+def require_free_space(root: str | Path, required_bytes: int) -> None:
+    """Raise :class:`StorageError` unless the file system of ``root``'s parent has ``required_bytes`` plus
+    :data:`FREE_MARGIN_BYTES` free (checked before a write whose size is known)."""
+    root = Path(root)
+    free = shutil.disk_usage(root.parent).free
+    if free < required_bytes + FREE_MARGIN_BYTES:
+        raise StorageError(f"not enough disk space for {root}: about {required_bytes / 2**20:.1f} MiB "
+                           f"needed, {free / 2**20:.1f} MiB free on {root.parent}")
 
 
 @contextlib.contextmanager
@@ -384,7 +402,7 @@ def h5_writing(path: str | Path) -> Iterator[Any]:
         raise
     try:
         f.close()
-    except OSError:
+    except (OSError, RuntimeError):  # h5py raises RuntimeError when the final flush hits a full disk
         discard_h5(f)
         raise
 
@@ -500,10 +518,7 @@ def begin(
             else:
                 raise DestinationError(f"{partial} exists and is not a partial {kind!r} write; move it away")
         if required_bytes:
-            free = shutil.disk_usage(root.parent).free
-            if free < required_bytes + FREE_MARGIN_BYTES:
-                raise StorageError(f"not enough disk space for {root}: about {required_bytes / 2**20:.1f} MiB "
-                                   f"needed, {free / 2**20:.1f} MiB free on {root.parent}")
+            require_free_space(root, required_bytes)
         with _as_storage_error(root, f"create {partial}"):
             partial.mkdir(parents=True)
             (partial / MARKER_NAME).write_text(json.dumps({"_class": kind, "pid": os.getpid(), "started": _now()}) + "\n")

@@ -122,7 +122,7 @@ def test_bundle_neighbours_round_trip(tmp_path: Path) -> None:
     seeds = rng.integers(0, 10**6, (n, 4))
     scores = -np.sort(-rng.random((n, 4)).astype(np.float32), axis=1)
     path = b.set_neighbours("subj01", seeds, scores, seeds=seeds, info={"index": {"n_items": 10**6}, "procedure": "x"})
-    assert path.name == "subj01_neighbours.h5" and not list(root.glob("*.tmp"))
+    assert path.name.startswith("subj01_neighbours-") and path.suffix == ".h5" and not list(root.glob("*.tmp"))
     got = open_results(root).subject("subj01")
     assert got.has_neighbours
     nb = got.neighbours()
@@ -133,9 +133,22 @@ def test_bundle_neighbours_round_trip(tmp_path: Path) -> None:
     assert nb.info["index"] == {"n_items": 10**6} and nb.info["k"] == 4 and nb.info["has_seeds"]
     # string ids (an image folder / URLs), no seeds; replaces the previous neighbours
     urls = np.array([[f"http://127.0.0.1/img/{i}-{j}" for j in range(2)] for i in range(n)])
-    b.set_neighbours("subj01", urls, scores[:, :2])
+    path2 = b.set_neighbours("subj01", urls, scores[:, :2])
     nb2 = open_results(root).subject("subj01").neighbours()
     assert nb2.ids.tolist() == urls.tolist() and nb2.seeds is None and not nb2.info["has_seeds"]
+    assert path2 != path and not path.exists() and sorted(root.glob("subj01_neighbours*")) == [path2]
+    # another writer of the bundle holds its lock: refused, the bundle unchanged
+    from mindeye_core.errors import DestinationLockedError
+    from mindeye_core.staging import WriterLock, lock_path
+
+    manifest = (root / "manifest.json").read_bytes()
+    with WriterLock(lock_path(root)):
+        with pytest.raises(DestinationLockedError, match="being written by another process"):
+            b.set_neighbours("subj01", seeds, scores)
+        with pytest.raises(DestinationLockedError):
+            b.set_metrics("subj01", {"x": 1})
+    assert (root / "manifest.json").read_bytes() == manifest and sorted(root.glob("subj01_neighbours*")) == [path2]
+    assert b.subject("subj01").neighbours().ids.tolist() == urls.tolist()
     for bad, message in [
         ((seeds[:-1], scores), r"ids must be \(N=6, K>=1\)"),
         ((seeds, scores[:, ::-1]), "best first"),
@@ -145,7 +158,7 @@ def test_bundle_neighbours_round_trip(tmp_path: Path) -> None:
             b.set_neighbours("subj01", *bad)
     with pytest.raises(DataFormatError, match="no subject 'subj09'"):
         b.set_neighbours("subj09", seeds, scores)
-    (root / "subj01_neighbours.h5").unlink()
+    path2.unlink()
     with pytest.raises(DataFormatError, match="missing neighbours file"):
         open_results(root).subject("subj01").neighbours()
 

@@ -121,3 +121,47 @@ def test_cli_output_on_a_read_only_disk_fails_before_any_work(tmpfs, capsys: pyt
         main(["demo", "--small", "--out", str(disk / "world"), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and len(err.splitlines()) == 1 and "read-only file system" in err
+
+
+FILL_NEIGHBOURS = """
+import sys
+from pathlib import Path
+import numpy as np
+from test_results import STRENGTHS, _stimuli, _subject
+from mindeye_core.results import ResultsWriter, open_results
+from mindeye_core.errors import StorageError
+root = Path(sys.argv[1])
+with ResultsWriter(root, strengths=STRENGTHS, world="demo") as w:
+    idx, _ = _stimuli(6)
+    w.add_stimuli(idx, np.zeros((len(idx), 8, 8, 3), np.uint8))
+    w.add_subject("subj01", **_subject(0, 6))
+    w.finalize()
+b = open_results(root)
+n = b.subject("subj01").n_samples
+rng = np.random.default_rng(0)
+b.set_neighbours("subj01", np.zeros((n, 2), int), np.ones((n, 2), np.float32))
+manifest = (root / "manifest.json").read_bytes()
+(root.parent / "filler").write_bytes(b"x" * int(sys.argv[2]))
+ids = rng.integers(0, 2**62, (n, 40000))  # ~ n x 320 KB of incompressible ids: more than the disk has left
+scores = -np.sort(-rng.random((n, 40000)).astype(np.float32), axis=1)
+try:
+    b.set_neighbours("subj01", ids, scores)
+except StorageError as exc:
+    assert (root / "manifest.json").read_bytes() == manifest, "manifest changed"
+    assert b.subject("subj01").neighbours().ids.shape == (n, 2), "previous neighbours lost"
+    print("STORAGE", exc, sorted(p.name for p in root.iterdir()))
+    sys.exit(3)
+"""
+
+
+def test_neighbours_on_a_full_disk_leave_the_bundle_as_it_was(tmpfs) -> None:
+    """``ResultsBundle.set_neighbours`` writes into a published bundle: a disk too full for the new neighbours
+    is refused before writing (a StorageError), the manifest and the previous neighbours stay, no temporary
+    file is left, and the process exits normally."""
+    disk = tmpfs("4m")
+    root = disk / "bundle"
+    done = subprocess.run([sys.executable, "-c", FILL_NEIGHBOURS, str(root), str(3 << 20)], capture_output=True,
+                          text=True, env=child_env())
+    assert done.returncode == 3, (done.returncode, done.stdout[-1000:], done.stderr[-2000:])
+    assert "STORAGE not enough disk space for" in done.stdout and ".tmp" not in done.stdout
+    assert len(list(root.glob("subj01_neighbours-*.h5"))) == 1 and not list(root.glob("*.tmp"))

@@ -188,3 +188,33 @@ def test_embeddings_file_errors(tmp_path: Path) -> None:
     zero = _embeddings_file(tmp_path, np.zeros((3, 16), np.float32), "zero.npy")
     with pytest.raises(DataFormatError, match="row 0 is all zeros"):
         build_index(tmp_path / "z", EmbeddingsFileSource(zero, model=MODEL), progress=False)
+
+
+def test_build_refuses_foreign_folders_and_a_second_writer(tmp_path: Path) -> None:
+    """The index writer never writes into a folder of other files, and a second build of the same index (or
+    into the same shared vectors folder) is refused while the first holds its lock."""
+    from mindeye_core.errors import DestinationError, DestinationLockedError
+    from mindeye_core.staging import WriterLock, lock_path
+
+    x = _unit(np.random.default_rng(3).standard_normal((40, MODEL.dim))).astype(np.float32)
+    src = EmbeddingsFileSource(_embeddings_file(tmp_path, x), model=MODEL)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("mine")
+    with pytest.raises(DestinationError, match="holds files that are not a retrieval index"):
+        build_index(project, src, progress=False)
+    with pytest.raises(DestinationError, match="not a vectors folder"):
+        build_index(tmp_path / "ix0", src, progress=False, vectors_dir=project)
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt"] and not (tmp_path / "ix0").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DestinationError, match="is a file"):
+        build_index(tmp_path / "afile", src, progress=False)
+    with WriterLock(lock_path(tmp_path / "ix")):
+        with pytest.raises(DestinationLockedError, match="retrieval index .* is being written by another process"):
+            build_index(tmp_path / "ix", src, progress=False)
+    shared = tmp_path / "shared_vectors"
+    with WriterLock(lock_path(shared)):
+        with pytest.raises(DestinationLockedError, match="vectors folder"):
+            build_index(tmp_path / "ix2", src, progress=False, vectors_dir=shared)
+    res = build_index(tmp_path / "ix", src, progress=False)  # lock released: builds; and no lock file left
+    assert res.meta["n_items"] == 40 and not list(tmp_path.glob("*.lock")) and not list((tmp_path / "ix").glob("*.lock"))

@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..configfile import read_versioned_config, write_versioned_config
-from ..errors import DataFormatError, MindEyeError
+from ..errors import DataFormatError, DestinationError, MindEyeError
 from ..similarity import normalise, top_k
 from .embedders import ImageEmbedder, ModelInfo
 
@@ -401,10 +401,43 @@ def build_index(
 
     Raises:
         MindEyeError: the folder holds another build (other source, model, chunk size or kind).
+        DestinationError: ``out`` is a file, or a folder holding files that are not a retrieval index
+            (never written into); ``vectors_dir`` likewise.
+        DestinationLockedError: another process is building into ``out`` (or its ``vectors_dir``); the lock
+            (:class:`mindeye_core.staging.WriterLock`) names it.
+        StorageError: out of disk or a read-only destination (the parts finished so far are kept: run again
+            to resume).
     """
-    from tqdm.auto import tqdm
+    from ..staging import WriterLock, check_output_dir, lock_path, raise_storage_error
 
     out = Path(out).expanduser()
+    vdir = Path(vectors_dir).expanduser() if vectors_dir is not None else out / "vectors"
+    for folder, marks, what in ((out, ("index.json", "build.json"), "retrieval index"),
+                                (vdir, ("vectors.json",), "vectors folder")):
+        check_output_dir(folder, what=f"the {what}")
+        if folder.is_dir() and any(folder.iterdir()) and not any((folder / m).is_file() for m in marks):
+            raise DestinationError(f"refusing to build into {folder}: it holds files that are not a {what} "
+                                   f"(no {' or '.join(marks)}); choose an empty or new folder")
+    left = "the parts embedded so far are kept: run the same build again to resume"
+    with WriterLock(lock_path(out), what=f"the retrieval index {out}"), \
+            WriterLock(lock_path(vdir), what=f"the vectors folder {vdir}"):
+        try:
+            return _build_index(out, vdir, source, embedder=embedder, embedder_factory=embedder_factory, kind=kind,
+                                params=params, chunk_size=chunk_size, workers=workers, train_size=train_size,
+                                recall_queries=recall_queries, seed=seed, progress=progress,
+                                max_chunks=max_chunks, metadata=metadata)
+        except OSError as exc:
+            raise_storage_error(exc, out, left=left)
+            raise
+
+
+def _build_index(out: Path, vdir: Path, source: Source, *, embedder: ImageEmbedder | None,
+                 embedder_factory: Callable[[], ImageEmbedder] | None, kind: str, params: Mapping[str, Any] | None,
+                 chunk_size: int, workers: int, train_size: int, recall_queries: int, seed: int, progress: bool,
+                 max_chunks: int | None, metadata: Mapping[str, Any] | None) -> BuildResult:
+    """:func:`build_index` once its destination is checked and locked."""
+    from tqdm.auto import tqdm
+
     faiss = _faiss()
     if isinstance(source, EmbeddingsFileSource):
         model = source.model
@@ -424,7 +457,6 @@ def build_index(
         if old.data.get("build") == plan and old.data.get("factory") == factory:
             return BuildResult(out, old.data, {})
         raise MindEyeError(f"{out} already holds a different complete index; choose another folder or delete it")
-    vdir = Path(vectors_dir).expanduser() if vectors_dir is not None else out / "vectors"
     vdir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     vkey = {"model": model.to_dict(), "chunk_size": int(chunk_size), "source": source.signature().get("name",

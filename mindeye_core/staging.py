@@ -69,7 +69,9 @@ __all__ = [
     "partial_path",
     "raise_storage_error",
     "recover",
+    "release_reserve",
     "require_free_space",
+    "require_room",
     "storage_error",
     "swap_into_place",
 ]
@@ -80,6 +82,12 @@ MARKER_NAME = ".mindeye-partial.json"
 """First file of every staging folder: ``{"_class": kind, "pid", "started"}`` (a partial artifact's kind)."""
 FREE_MARGIN_BYTES = 1 << 20
 """Free space required on top of a writer's own estimate."""
+RESERVE_NAME = ".mindeye-reserve"
+"""A file of allocated blocks in every staging folder (:data:`RESERVE_MAX_BYTES`, at most a quarter of the free
+space): deleted when a staged HDF5 file must be closed after a failed write, so that its final flush finds room
+(HDF5 otherwise keeps a file whose flush failed open and crashes flushing it again at interpreter exit), and
+deleted before :meth:`Staging.publish` writes the manifest."""
+RESERVE_MAX_BYTES = 8 << 20
 _RENAME_EXCHANGE = 2
 
 
@@ -138,6 +146,21 @@ def raise_storage_error(exc: BaseException | None, root: str | Path, *, left: st
     err = None if exc is None else storage_error(exc, root, left=left)
     if err is not None:
         raise err from exc
+
+
+def require_room(folder: str | Path, nbytes: int, root: str | Path) -> None:
+    """Before a streaming write of about ``nbytes`` into the staging folder ``folder`` of ``root``: raise the
+    out-of-disk :class:`StorageError` (the same message as :func:`storage_error`) unless that much plus
+    :data:`FREE_MARGIN_BYTES` is free. HDF5 reports a full disk met inside its chunk cache only as ignored
+    errors and then crashes the process, so streaming writers check first (one ``statvfs`` per batch)."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < int(nbytes) + FREE_MARGIN_BYTES:
+        raise StorageError(f"out of disk space while writing {root} (on {Path(root).parent}: "
+                           f"{free / 2**20:.1f} MiB free, the next batch needs about {nbytes / 2**20:.1f} MiB); "
+                           f"{_STAGED}: free some space or choose another destination")
 
 
 def require_free_space(root: str | Path, required_bytes: int) -> None:
@@ -374,14 +397,41 @@ def swap_into_place(new: str | Path, root: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- HDF5
-def discard_h5(h5: Any) -> None:
+def _make_reserve(folder: Path) -> None:
+    try:
+        size = min(RESERVE_MAX_BYTES, shutil.disk_usage(folder).free // 4)
+        if size <= 0:
+            return
+        fd = os.open(folder / RESERVE_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError) as exc:  # no fallocate here, or no room even for that: write without one
+        log.debug("no space reserve in %s: %s", folder, exc)
+        with contextlib.suppress(OSError):
+            (folder / RESERVE_NAME).unlink()
+
+
+def release_reserve(folder: str | Path) -> None:
+    """Delete the space reserve of a staging folder (:data:`RESERVE_NAME`), if it has one."""
+    with contextlib.suppress(OSError):
+        (Path(folder) / RESERVE_NAME).unlink()
+
+
+def discard_h5(h5: Any, folder: str | Path | None = None) -> None:
     """Close an HDF5 file of an aborted write, ignoring a failing close (the file is deleted next).
+
+    ``folder``: the staging folder the file is in; its space reserve (:data:`RESERVE_NAME`) is deleted first,
+    so that the close's final flush finds room after a full disk. (The file's own name is not read from
+    ``h5``: after a failed flush h5py can crash on it.)
 
     Known limitation: when the disk filled up, HDF5 may still hold the file after a failed close and flush it
     again at interpreter exit, which can end the process with signal 11 *after* the writer has reported the
-    :class:`StorageError` and removed the partial folder. Pointing the descriptor at ``/dev/null`` before the
-    close avoids that in simple cases but crashed in others, so it is not done (see docs/reliability.md).
+    :class:`StorageError` and removed the partial folder; the reserve makes that rare (docs/reliability.md).
     """
+    if folder is not None:
+        release_reserve(folder)
     if h5 is None or not h5.id.valid:
         return
     with contextlib.suppress(OSError, RuntimeError, ValueError):
@@ -391,19 +441,20 @@ def discard_h5(h5: Any) -> None:
 @contextlib.contextmanager
 def h5_writing(path: str | Path) -> Iterator[Any]:
     """``h5py.File(path, "w")`` for a staged file: closed normally on success, through :func:`discard_h5`
-    when the block (or the close itself) fails."""
+    (which first frees the staging folder's space reserve) when the block or the close itself fails."""
     import h5py
 
+    folder = Path(path).parent
     f = h5py.File(path, "w")
     try:
         yield f
     except BaseException:
-        discard_h5(f)
+        discard_h5(f, folder)
         raise
     try:
         f.close()
     except (OSError, RuntimeError):  # h5py raises RuntimeError when the final flush hits a full disk
-        discard_h5(f)
+        discard_h5(f, folder)
         raise
 
 
@@ -432,6 +483,7 @@ class Staging:
         if self.done:
             raise RuntimeError(f"{self.root}: this staging was already published or aborted")
         with _as_storage_error(self.root, f"publish {self.root}"):
+            release_reserve(self.partial)
             path = self.partial / self.manifest
             with open(path, "w") as fh:
                 fh.write(manifest_text)
@@ -522,6 +574,7 @@ def begin(
         with _as_storage_error(root, f"create {partial}"):
             partial.mkdir(parents=True)
             (partial / MARKER_NAME).write_text(json.dumps({"_class": kind, "pid": os.getpid(), "started": _now()}) + "\n")
+        _make_reserve(partial)
     except BaseException as exc:
         lock.release()
         with contextlib.suppress(OSError):

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..configfile import dump_versioned_config, read_versioned_config
 from ..errors import DataFormatError
-from ..staging import Staging, begin, discard_h5, raise_storage_error
+from ..staging import Staging, begin, discard_h5, raise_storage_error, require_room
 
 FORMAT_NAME = "mindeye-dataset"
 FORMAT_VERSION = 1
@@ -92,8 +92,9 @@ def _subject_file(subject: str) -> str:
 class _SubjectAppender:
     """Appends trials for one subject; created by :meth:`DatasetWriter.subject`."""
 
-    def __init__(self, h5: h5py.File, subject: str, n_voxels: int, dtype: np.dtype) -> None:
+    def __init__(self, h5: h5py.File, subject: str, n_voxels: int, dtype: np.dtype, root: Path) -> None:
         self.h5 = h5
+        self.root = root  # the destination (named in errors); the file is in its staging folder
         self.subject = subject
         self.n_voxels = int(n_voxels)
         self.n_trials = 0
@@ -162,6 +163,8 @@ class _SubjectAppender:
                 f"(first in trial {self.n_trials + row}, |value| up to {float(np.abs(betas).max()):.3g}); "
                 "use betas_dtype=float32"
             )
+        require_room(Path(self.h5.filename).parent, stored.nbytes + sum(a.nbytes for a in cols.values()),
+                     self.root)
         start = self.n_trials
         self.h5["betas"].resize(start + t, axis=0)
         self.h5["betas"][start:] = stored
@@ -260,6 +263,7 @@ class DatasetWriter:
         ids = np.arange(start, start + n, dtype=np.int64) if image_ids is None else np.asarray(image_ids, dtype=np.int64)
         if ids.shape != (n,):
             raise DataFormatError(f"image_ids must have shape ({n},), got {ids.shape}")
+        require_room(self.partial, images.nbytes + ids.nbytes, self.root)
         ds.resize(start + n, axis=0)
         ds[start:] = images
         self._images["image_ids"].resize(start + n, axis=0)
@@ -277,7 +281,7 @@ class DatasetWriter:
                 raise DataFormatError(f"subject {subject}: started with {appender.n_voxels} voxels, now {n_voxels}")
             return appender
         f = h5py.File(self.partial / _subject_file(subject), "w")
-        appender = _SubjectAppender(f, subject, n_voxels, self.betas_dtype)
+        appender = _SubjectAppender(f, subject, n_voxels, self.betas_dtype, self.root)
         self._subjects[subject] = (f, appender)
         return appender
 
@@ -332,8 +336,8 @@ class DatasetWriter:
         """Close files (without flushing them again, see :func:`~mindeye_core.staging.discard_h5`), delete the
         partial folder and release the destination's lock."""
         for f, _ in self._subjects.values():
-            discard_h5(f)
-        discard_h5(self._images)
+            discard_h5(f, self._staging.partial)
+        discard_h5(self._images, self._staging.partial)
         self._staging.abort()
 
     def __enter__(self) -> DatasetWriter:

@@ -311,6 +311,13 @@ def test_world_of_another_bundle_is_refused(bundle: Path, world: Path, tmp_path:
     (copy / "manifest.json").write_text(json.dumps(manifest))
     st = ExplorerStore.open(copy, live=False, data=world)
     assert st.world_data is None and "not the one the bundle was built from" in st.world_problem
+    # the fingerprint, and (bundles written before it left the timings out) the manifest file's sha256, match
+    import hashlib
+
+    for fp in (dataset_fingerprint(world), hashlib.sha256((world / "manifest.json").read_bytes()).hexdigest()):
+        manifest["provenance"]["dataset_manifest_sha256"] = fp
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        assert ExplorerStore.open(copy, live=False, data=world).world_data is not None
 
 
 # ------------------------------------------------------------------------------------ download

@@ -252,6 +252,8 @@ class RetrievalView:
         image_retrieval: brain -> image: ``(test image, caption)`` best first.
         brain_retrieval: image -> brain: ``(seen image of the brain sample, caption)`` best first.
         image_retrieval_trials / brain_retrieval_trials: the trials shown, best first.
+        pool: the brain sample's neighbours in a large collection (:func:`pool_view`): ``(image, caption)``.
+        pool_note: Markdown: what the collection and the procedure are, or how to get them.
     """
 
     summary: str
@@ -259,6 +261,8 @@ class RetrievalView:
     brain_retrieval: list[tuple[np.ndarray, str]]
     image_retrieval_trials: list[int]
     brain_retrieval_trials: list[int]
+    pool: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    pool_note: str = ""
 
 
 def _rank_text(rank: int, n: int) -> str:
@@ -287,11 +291,62 @@ def retrieval_view(store: ExplorerStore, subject: str, trial: Any, k: int = TOP_
     if cache.ridge_ranks:
         lines.append(f"Ridge baseline: image retrieval {_rank_text(int(cache.ridge_ranks['brain_to_image'][i]), cache.n)}, "
                      f"brain retrieval {_rank_text(int(cache.ridge_ranks['image_to_brain'][i]), cache.n)}.")
+    pool, pool_note = pool_view(store, subject, i)
     return RetrievalView(summary="\n\n".join(lines),
                          image_retrieval=galleries["brain_to_image"][0],
                          brain_retrieval=galleries["image_to_brain"][0],
                          image_retrieval_trials=galleries["brain_to_image"][1],
-                         brain_retrieval_trials=galleries["image_to_brain"][1])
+                         brain_retrieval_trials=galleries["image_to_brain"][1],
+                         pool=pool, pool_note=pool_note)
+
+
+POOL_K = 8
+"""Pool neighbours shown per trial."""
+
+
+def pool_view(store: ExplorerStore, subject: str, trial: Any, k: int = POOL_K) -> tuple[list[tuple[np.ndarray, str]], str]:
+    """The trial's brain sample's retrieved images from a large collection, as stored in the bundle
+    (``mindeye retrieval neighbours``: the paper's two-stage LAION procedure on the demo pool).
+
+    Returns ``(items, note)``: up to ``k`` ``(image (64, 64, 3) uint8, caption)`` best first, demo-pool images
+    re-rendered from their seeds (:func:`mindeye_core.retrieval.pool.render_pool`; nothing is stored); for a
+    collection of other ids (paths, URLs) no images and the ids in the note.
+    """
+    subject = check_subject(store, subject)
+    i = check_trial(store, subject, trial)
+    cache = store.subject(subject)
+    nb = cache.neighbours
+    if nb is None:
+        why = cache.neighbours_problem or "this bundle stores no pool neighbours"
+        return [], (f"**Retrieval from a large collection** (the paper's LAION-5B step): {why}. "
+                    "`mindeye retrieval neighbours --bundle BUNDLE` writes them (two-stage, over the 10^5-image "
+                    "demo pool on the demo world).")
+    info = nb.info
+    index = info.get("index", {}) if isinstance(info.get("index"), Mapping) else {}
+    n_items = index.get("n_items")
+    where = (f"the demo pool ({int(n_items):,} procedurally generated scenes, none of them a test image)"
+             if index.get("pool") and n_items else f"a collection of {n_items} images" if n_items else "a collection")
+    how = (f"two-stage as the paper: the brain's final-layer embedding queries {info.get('n_candidates', 16)} "
+           "candidates, re-ranked by the projector output against each candidate's hidden tokens"
+           if str(info.get("procedure", "")).startswith("two-stage") else str(info.get("procedure", "nearest neighbours")))
+    scores = nb.scores[i, :k]
+    if nb.seeds is None:
+        ids = ", ".join(f"`{x}`" for x in nb.ids[i, :k].tolist())
+        return [], f"**Retrieval from {where}** ({how}): best first {ids}."
+    from mindeye_core.retrieval.pool import render_pool
+
+    seeds = nb.seeds[i, :k]
+    images = render_pool(seeds)
+    items = [(images[r], f"#{r + 1} · cos {float(scores[r]):.3f} · pool seed {int(seeds[r])}"
+              + (" · retrieved" if r == 0 else "")) for r in range(len(seeds))]
+    match = info.get("match")
+    share = ""
+    if isinstance(match, Mapping) and isinstance(match.get("two_stage"), Mapping):
+        share = (f" Over {subject}'s test set the retrieved image's main object has the seen image's category and "
+                 f"colour for {100 * float(match['two_stage']['category_and_colour']):.1f} % of the brain samples "
+                 f"(final embedding alone: {100 * float(match['one_stage']['category_and_colour']):.1f} %; chance "
+                 f"{100 * float(match['chance_category_and_colour']):.1f} %).")
+    return items, f"**Retrieval from {where}** ({how}); the first is the retrieved image.{share}"
 
 
 # ------------------------------------------------------------------------------------ UMAP

@@ -90,7 +90,7 @@ def _trial_outputs(p: _Page, v: cb.TrialView) -> dict[Any, Any]:
         p["ridge_blurry"]: v.ridge_blurry, p["ridge_final"]: v.ridge_final, p["ridge_final_me"]: v.view.final,
         p["ridge_note"]: v.ridge_note, p["retrieval_summary"]: v.retrieval.summary,
         p["image_retrieval"]: v.retrieval.image_retrieval, p["brain_retrieval"]: v.retrieval.brain_retrieval,
-        p["umap"]: v.umap,
+        p["umap"]: v.umap, p["pool_note"]: v.retrieval.pool_note, p["pool_retrieval"]: v.retrieval.pool,
     })
     return out
 
@@ -103,7 +103,7 @@ def _subject_outputs(p: _Page, v: cb.SubjectView) -> dict[Any, Any]:
 
 _TRIAL_KEYS = ("trial", "header", "seen", "blurry", "final", "note", "compare", "chart", "strength",
                "ridge_blurry", "ridge_final", "ridge_final_me", "ridge_note", "retrieval_summary",
-               "image_retrieval", "brain_retrieval", "umap")
+               "image_retrieval", "brain_retrieval", "umap", "pool_note", "pool_retrieval")
 _SUBJECT_KEYS = ("table1", "table5", "gallery", "page", "page_label", "trial_max")
 _PANEL_KEYS = ("subjects_gallery", "subjects_table", "subjects_note", "brain_plot", "brain_summary", "brain_note")
 _LAB_KEYS = ("lab_seen", "lab_blurry", "lab_final", "lab_candidates", "lab_nearest", "lab_note", "lab_state")
@@ -182,6 +182,11 @@ def _retrieval_tab(p: _Page) -> None:
                                       "shown as their seen images", columns=cb.TOP_K, height=200, format="png",
                                       elem_id="brain-retrieval", elem_classes=["pixelated"], allow_preview=False,
                                       interactive=False)
+    p["pool_note"] = gr.Markdown(elem_id="pool-note")
+    p["pool_retrieval"] = gr.Gallery(label="Retrieval from the demo pool (the paper's LAION-5B step): images retrieved "
+                                     "for this brain sample, best first", columns=cb.POOL_K, height=200, format="png",
+                                     elem_id="pool-retrieval", elem_classes=["pixelated"], allow_preview=False,
+                                     interactive=False)
 
 
 def _umap_tab(p: _Page, store: ExplorerStore) -> None:

@@ -231,6 +231,9 @@ class SubjectCache:
         has_candidates / has_prior_samples: what a light bundle may leave out.
         has_voxels: the betas are stored (a light bundle's prior samples are drawn again from them).
         has_projector: the projector embeddings are stored (else they are recomputed from the voxels).
+        neighbours: the subject's retrieval neighbours from a large collection
+            (:class:`mindeye_core.results.Neighbours`: the demo pool standing in for LAION), or ``None``.
+        neighbours_problem: why stored neighbours could not be read (``None`` when fine or absent).
     """
 
     name: str
@@ -253,6 +256,8 @@ class SubjectCache:
     has_voxels: bool
     has_projector: bool
     ridge: Any = None
+    neighbours: Any = None
+    neighbours_problem: str | None = None
 
     @classmethod
     def load(cls, name: str, reader: SubjectReader) -> SubjectCache:
@@ -264,6 +269,12 @@ class SubjectCache:
         if ridge is not None:
             r_sim = {d: np.asarray(ridge.similarity(d), dtype=np.float32) for d in DIRECTIONS}
             r_ranks = {k: np.asarray(v) for k, v in ridge.retrieval_ranks().items()}
+        neighbours, nb_problem = None, None
+        if reader.has_neighbours:
+            try:
+                neighbours = reader.neighbours()
+            except (MindEyeError, OSError, KeyError, ValueError) as exc:  # the rest of the bundle is still shown
+                nb_problem = f"its stored pool neighbours cannot be read: {exc}"
         return cls(
             name=name, reader=reader, n=int(info["n_samples"]), stimulus_rows=np.asarray(reader.stimulus_rows()),
             seeds=np.asarray(reader.seeds()), picked=np.asarray(reader.picked()),
@@ -274,6 +285,7 @@ class SubjectCache:
             has_blurry=bool(info.get("has_blurry")), stored_strengths=[float(x) for x in reader.stored_strengths],
             has_candidates=bool(reader.has_candidates), has_prior_samples=bool(reader.has_prior_samples),
             has_voxels=bool(reader.has_voxels), has_projector="projector" in reader.embedding_spaces, ridge=ridge,
+            neighbours=neighbours, neighbours_problem=nb_problem,
         )
 
     def stored(self, strength: float) -> float | None:
@@ -657,7 +669,7 @@ class ExplorerStore:
         blurry = self.blurry(subject, i)
         if blurry is None and float(strength) > 0:
             raise RuntimeError(f"{subject} has no blurry reconstructions to start img2img from")
-        init = None if blurry is None else torch.from_numpy(blurry).permute(2, 0, 1)[None].contiguous()
+        init = None if blurry is None else torch.from_numpy(np.array(blurry)).permute(2, 0, 1)[None].contiguous()  # a writable copy
         seed, picked = int(cache.seeds[i]), int(cache.picked[i])
         t0 = time.perf_counter()
         with self._lock:

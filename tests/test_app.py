@@ -538,3 +538,51 @@ def test_gradio_client_session(served: str, reader: Any) -> None:
     assert client.predict("subj01", 3, 0.5, api_name="/link") == "?subject=subj01&trial=3&strength=0.5&tab=trial"
     with pytest.raises(Exception, match="out of range"):
         client.predict("subj02", 40, 0.15, api_name="/trial")
+
+
+def test_pool_neighbours_panel(tmp_path: Path) -> None:
+    """The retrieval tab's pool panel: none stored -> how to get them; seeds -> the pool images re-rendered,
+    best first, with scores and the match shares; other ids -> listed; an unreadable file -> said, the rest
+    of the bundle still shown."""
+    import shutil
+
+    from mindeye_core.results import open_results
+    from mindeye_core.retrieval.pool import render_pool
+
+    root = write_test_bundle(tmp_path / "b")
+    bare = ExplorerStore.open(root, live=False, data=False)
+    items, note = cb.pool_view(bare, "subj01", 0)
+    assert items == [] and "stores no pool neighbours" in note and "mindeye retrieval neighbours" in note
+    b = open_results(root)
+    rng = np.random.default_rng(1)
+    seeds = rng.integers(0, 10**5, (N, 16))
+    scores = -np.sort(-rng.random((N, 16)).astype(np.float32), axis=1)
+    match = {"two_stage": {"category_and_colour": 0.25}, "one_stage": {"category_and_colour": 0.125},
+             "chance_category_and_colour": 1 / 90}
+    b.set_neighbours("subj01", seeds, scores, seeds=seeds,
+                     info={"procedure": "two-stage: ...", "n_candidates": 16, "match": match,
+                           "index": {"n_items": 100000, "pool": "demo-pool-v1"}})
+    b.set_neighbours("subj02", np.array([[f"img/{i}-{j}.png" for j in range(3)] for i in range(N)]), scores[:, :3])
+    st = ExplorerStore.open(root, live=False, data=False)
+    items, note = cb.pool_view(st, "subj01", 5)
+    assert len(items) == cb.POOL_K
+    expected = render_pool(seeds[5, :cb.POOL_K])
+    for r, (img, caption) in enumerate(items):
+        np.testing.assert_array_equal(img, expected[r])
+        assert f"#{r + 1} · cos {scores[5, r]:.3f} · pool seed {seeds[5, r]}" in caption
+    assert "retrieved" in items[0][1] and "retrieved" not in items[1][1]
+    assert "100,000 procedurally generated scenes" in note and "16 candidates" in note
+    assert "25.0 %" in note and "12.5 %" in note and "1.1 %" in note
+    view = cb.retrieval_view(st, "subj01", 5)
+    assert view.pool_note == note and len(view.pool) == cb.POOL_K
+    items, note = cb.pool_view(st, "subj02", 2)
+    assert items == [] and "`img/2-0.png`, `img/2-1.png`, `img/2-2.png`" in note
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    for f in broken.glob("subj01_neighbours-*.h5"):
+        f.write_bytes(b"not hdf5")
+    st = ExplorerStore.open(broken, live=False, data=False)
+    assert st.ready, st.problem
+    items, note = cb.pool_view(st, "subj01", 0)
+    assert items == [] and "cannot be read" in note
+    assert cb.retrieval_view(st, "subj01", 0).image_retrieval  # the rest of the tab still works

@@ -201,3 +201,29 @@ def test_pool_neighbours_of_a_bundle(tmp_path: Path) -> None:
         w.finalize(provenance={"encoder": {"name": "another-clip", "sha256": "f" * 64}})
     with pytest.raises(ModelMismatchError, match="another-clip"):
         pool_neighbours(open_results(tmp_path / "other"), "subj01", index, n_candidates=5)
+
+
+def test_the_shipped_pool_index_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ensure_pool_index()`` opens the 10^5 IVF-PQ index shipped in assets/demo_pool (nothing to build): it
+    holds pool seeds 0..99999 embedded by the shipped tiny CLIP, finds pool images from their own embeddings,
+    and has no exact vectors; a cache copy of the same kind comes first, and a kind not shipped is built."""
+    from mindeye_core.retrieval import pool as pool_mod
+
+    monkeypatch.setenv("MINDEYE_CACHE", str(tmp_path / "cache"))
+    index = pool_mod.ensure_pool_index()
+    assert index.path == pool_mod.SHIPPED_POOL_DIR / "demo-pool-v1-n100000-ivfpq"
+    emb = demo_pool_embedder()
+    index.model.check_same(emb.info)
+    assert len(index) == 100_000 and index.meta["factory"].startswith("IVF") and 0.7 <= index.meta["recall"]["recall@10"] <= 1
+    np.testing.assert_array_equal(index.ids[[0, 99_999]], [0, 99_999])
+    seeds = np.array([3, 4242, 99_001])
+    _, ids = index.search(emb.encode(render_pool(seeds)), 5, model=emb.info)
+    assert (ids == seeds[:, None]).any(axis=1).all()  # each image among its own top 5 (PQ distances are approximate)
+    with pytest.raises(DataFormatError, match="exact vectors are not here"):
+        next(index.vectors())
+    # another kind is built in the cache (a tiny pool stands in for 10^5 images)
+    monkeypatch.setattr(pool_mod, "build_pool_index", lambda n, kind, **kw: build_pool_index(
+        48, kind, root=tmp_path / "cache" / "demo_pool", workers=1, progress=False))
+    monkeypatch.setattr(pool_mod, "_index_name", lambda n, kind: f"demo-pool-v1-n48-{kind}")
+    built = pool_mod.ensure_pool_index(48, "flat")
+    assert built.path == tmp_path / "cache" / "demo_pool" / "demo-pool-v1-n48-flat" and len(built) == 48

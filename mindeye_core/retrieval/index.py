@@ -632,7 +632,10 @@ class IndexRetriever:
     def vectors(self) -> Iterator[np.ndarray]:
         """The exact unit vectors ``(n_i, D)`` part by part, in index row order (the last part of a
         shared vectors folder is cut at ``n_items``)."""
-        vdir = Path(self.meta.get("vectors_dir", self.path / "vectors"))
+        vdir = Path(self.meta.get("vectors_dir") or self.path / "vectors")
+        if not (vdir / "vectors.json").is_file():
+            raise DataFormatError(f"retrieval index {self.path}: its exact vectors are not here ({vdir}); a shipped "
+                                  "index carries none: build the index with `mindeye retrieval build` to have them")
         left = len(self)
         for part in _parts(vdir, int(self.meta["n_parts"])):
             yield part[:left]

@@ -10,8 +10,9 @@ any pool image that is pixel-identical to an image it is told to exclude (the de
 image is a test image. Near-duplicates are a query-time matter (perceptual hash exclusion in
 :mod:`~mindeye_core.retrieval.two_stage`).
 
-Indexes: :func:`ensure_pool_index` opens, or builds on first use, the index of the first ``n`` pool images
-(default ``10^5``, exact ``flat``); ``mindeye retrieval build-pool --n 1000000 --kind ivfpq`` builds the
+Indexes: :func:`ensure_pool_index` opens the index of the first ``n`` pool images (default ``10^5``): the
+IVF-PQ one shipped in ``assets/demo_pool``, or any other kind from the cache, built there on first use (the
+exact ``flat`` one: about 6 CPU-minutes); ``mindeye retrieval build-pool --n 1000000 --kind ivfpq`` builds the
 million-image one. All pool indexes share one folder of embedded parts (chunks of :data:`POOL_CHUNK`
 seeds), so the 10^6 build reuses the 10^5 one's work.
 """
@@ -26,7 +27,7 @@ import numpy as np
 
 from ..data.demo.stimuli import SceneSpec, StimulusLabels, render_scenes, sample_scenes
 from ..errors import DataFormatError
-from ..paths import cache_dir
+from ..paths import ASSETS_DIR, cache_dir
 from .embedders import ImageEmbedder
 from .index import BuildResult, IndexRetriever, KeyedImageSource, build_index, open_index
 
@@ -36,6 +37,7 @@ __all__ = [
     "POOL_NAME",
     "POOL_SIZE",
     "PoolRenderer",
+    "SHIPPED_POOL_DIR",
     "demo_pool_embedder",
     "ensure_pool_index",
     "image_digest",
@@ -157,10 +159,21 @@ def build_pool_index(n: int = 100_000, kind: str = "flat", *, root: str | Path |
                        metadata={"pool": POOL_NAME, "ids_are": "pool seeds"})
 
 
-def ensure_pool_index(n: int = 100_000, kind: str = "flat", *, root: str | Path | None = None,
+SHIPPED_POOL_DIR = ASSETS_DIR / "demo_pool"
+"""Pool indexes shipped with the checkout: ``demo-pool-v1-n100000-ivfpq`` (IVF1024,PQ32x8, 5 MB, its recall@10
+against exact search in its ``index.json``); their exact vectors are not shipped."""
+SHIPPED_POOL_KIND = "ivfpq"
+
+
+def ensure_pool_index(n: int = 100_000, kind: str = SHIPPED_POOL_KIND, *, root: str | Path | None = None,
                       exclude: Any = (), workers: int = 2, progress: bool = True) -> IndexRetriever:
-    """Open the pool index of ``n`` images, building it first when it is not in the cache yet."""
+    """Open the pool index of ``n`` images: from ``root`` (default :func:`pool_dir`), else, with the default
+    ``root``, the one shipped in :data:`SHIPPED_POOL_DIR` (the 10^5 IVF-PQ index: nothing to build), else
+    build it first (the exact ``flat`` 10^5 index: about 6 CPU-minutes of rendering and embedding)."""
     path = pool_dir(root) / _index_name(int(n), kind)
+    shipped = SHIPPED_POOL_DIR / _index_name(int(n), kind)
+    if root is None and not (path / "index.json").is_file() and (shipped / "index.json").is_file():
+        return open_index(shipped)
     if not (path / "index.json").is_file():
         build_pool_index(n, kind, root=root, exclude=exclude, workers=workers, progress=progress)
     return open_index(path)

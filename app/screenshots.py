@@ -47,8 +47,10 @@ def launch_browser(playwright: Any, executable: str = CHROMIUM) -> Any:
 
 
 def take_screenshots(url: str, out: str | Path, *, subject: str | None = None, trial: int = 0,
-                     strength: float | None = None, width: int = 1400) -> list[Path]:
-    """Open one deep link per tab of the app at ``url`` and save a full-page screenshot of each."""
+                     strength: float | None = None, width: int = 1400,
+                     tabs: Sequence[str] | None = None) -> list[Path]:
+    """Open one deep link per tab of the app at ``url`` (``tabs``: a subset of :data:`SHOTS`, default all) and
+    save a full-page screenshot of each."""
     from playwright.sync_api import expect, sync_playwright
 
     out = Path(out)
@@ -59,6 +61,8 @@ def take_screenshots(url: str, out: str | Path, *, subject: str | None = None, t
         try:
             page = browser.new_page(viewport={"width": width, "height": 2000})  # tall: lazy images load
             for tab, name in SHOTS.items():
+                if tabs is not None and tab not in tabs:
+                    continue
                 query = [f"trial={trial}", f"tab={tab}"]
                 if subject:
                     query.append(f"subject={subject}")
@@ -79,6 +83,9 @@ def take_screenshots(url: str, out: str | Path, *, subject: str | None = None, t
                     expect(page.locator("#lab-note")).to_contain_text("Scene → reconstruction", timeout=LIVE_MS)
                     expect(page.locator("#lab-final img")).to_have_count(1, timeout=30_000)
                 expect(page.locator("#final img")).to_have_count(1, timeout=30_000)
+                if tab == "trial":  # the live parts: candidates of a light bundle, the single-trial decode
+                    expect(page.locator("#candidates img").first).to_be_visible(timeout=LIVE_MS)
+                    expect(page.locator("#single-final img")).to_have_count(1, timeout=LIVE_MS)
                 page.wait_for_function("() => Array.from(document.images).filter(i => i.offsetParent !== null "
                                        "&& i.getAttribute('src')).every(i => i.complete)", timeout=30_000)
                 page.set_viewport_size({"width": width, "height": 800})  # full_page then takes the content height
@@ -99,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--subject", default=None)
     parser.add_argument("--trial", type=int, default=0)
     parser.add_argument("--strength", type=float, default=None)
+    parser.add_argument("--tabs", nargs="+", choices=list(SHOTS), default=None, help="only these tabs (default all)")
     args = parser.parse_args(argv)
     problem = browser_problem()
     if problem:
@@ -114,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not store.ready:
             print(f"no bundle ({store.problem}); nothing to screenshot")
             return 1
-        for path in take_screenshots(url, args.out, subject=args.subject, trial=args.trial, strength=args.strength):
+        for path in take_screenshots(url, args.out, subject=args.subject, trial=args.trial, strength=args.strength,
+                                     tabs=args.tabs):
             print(path)
     finally:
         demo.close()

@@ -364,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if rows["live"]:
             rows["slider_live"] = _pct(_time(lambda: session.strength(*pick(), off_grid()), args.n))
+            one = pick()  # moving the slider again on the same trial: its prior samples are memoised
+            session.strength(*one, off_grid())
+            rows["slider_live_same_trial"] = _pct(_time(lambda: session.strength(*one, off_grid()), args.n))
         rows["trial_change"] = _pct(_time(lambda: session.trial(*pick(), 0.15), args.n))
         client = Session(url)  # the same through gradio_client, whose message loop polls every 50 ms
         rows["slider_precomputed_gradio_client"] = _pct(_time(lambda: client.strength(*pick(), rng.choice(stored)),
@@ -397,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
           f"threads ({os.cpu_count()} CPUs visible, load average {load:.1f} at the end)\n")
     print("| measure | p50 | p95 | target (p95) | |\n|---|---|---|---|---|")
     print(fmt("slider_precomputed", 150))
-    print(fmt("slider_live", 1000))
+    print(fmt("slider_live", 1000) + " first move on a trial (a light bundle's prior samples are drawn again)")
+    if "slider_live_same_trial" in rows:
+        print(fmt("slider_live_same_trial", 1000) + " later moves on the same trial")
     print(fmt("trial_change", 1000))
     print(fmt("slider_precomputed_gradio_client", 150))
     print(fmt("candidates", None))  # all K regenerated when the bundle stores none (a chained event)

@@ -552,6 +552,8 @@ def trial_view(store: ExplorerStore, subject: str, trial: Any, strength: Any) ->
                       f"CLIP tokens through the same generator at strength {store.default_strength:g}.")
         if ridge_final is None and ridge_blurry is None:
             ridge_note += " (No ridge images in this bundle: retrieval only.)"
+        elif ridge_blurry is None:
+            ridge_note += " This bundle does not store the ridge blurry images (a light bundle keeps the ridge finals only)."
     blurry = store.blurry(subject, i)
     header = (f"### {subject} · trial {i}\nseed {int(cache.seeds[i])} · image retrieval rank "
               f"{int(cache.ranks['brain_to_image'][i]) + 1}/{cache.n} · brain retrieval rank "

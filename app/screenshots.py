@@ -87,7 +87,8 @@ def take_screenshots(url: str, out: str | Path, *, subject: str | None = None, t
                     expect(page.locator("#candidates img").first).to_be_visible(timeout=LIVE_MS)
                     expect(page.locator("#single-final img")).to_have_count(1, timeout=LIVE_MS)
                 page.wait_for_function("() => Array.from(document.images).filter(i => i.offsetParent !== null "
-                                       "&& i.getAttribute('src')).every(i => i.complete)", timeout=30_000)
+                                       "&& i.getAttribute('src')).every(i => i.complete && i.naturalWidth > 0)",
+                                       timeout=60_000)  # loaded, not broken
                 page.set_viewport_size({"width": width, "height": 800})  # full_page then takes the content height
                 path = out / name
                 page.screenshot(path=str(path), full_page=True)

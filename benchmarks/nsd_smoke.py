@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"config {args.config.name}: {n_vox} voxels, {args.n_train} training / {args.n_test} test images, "
           f"{args.epochs} epochs, torch threads {torch.get_num_threads()}, CLIP {'2-layer test' if args.quick else 'ViT-L/14'} "
           f"(random weights)\n")
-    print("| model | params (M) | batch | s / step (epoch 2) | samples / s | data (s) | train incl. targets (s) | peak RSS (GiB) |")
+    print("| model | params (M) | batch | s / step (last epoch) | samples / s | data (s) | train incl. targets (s) | peak RSS (GiB) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {cfg.model} | {n_params / 1e6:.1f} | {cfg.batch_size} | {cfg.batch_size / sps:.2f} | {sps:.2f} | "
           f"{t_data:.0f} | {t_train:.0f} | {peak_rss_gib():.1f} |")

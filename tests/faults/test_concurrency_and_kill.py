@@ -224,3 +224,62 @@ def test_kill9_mid_training_checkpoint_and_second_run_refused(tmp_path: Path) ->
     assert [p.name for p in ckpts] == ["step_00000001"]  # the torn step 2 is not listed
     assert (ckpts[0] / "model.safetensors.sha256").is_file()
     _lock_run(out)  # the killed run's lock is stale: taken over
+
+
+INDEX_CHILD = """
+    import numpy as np
+    from mindeye_core.retrieval.embedders import ModelInfo
+    from mindeye_core.retrieval.index import KeyedImageSource, build_index
+
+    def render(keys):
+        return np.stack([np.full((8, 8, 3), int(k) % 251, np.uint8) for k in keys])
+
+    class Embedder:
+        info = ModelInfo("pixels", "d" * 64, "final", 4)
+        calls = 0
+        def encode(self, images):
+            Embedder.calls += 1
+            if Embedder.calls == 3:
+                pause()  # two parts written, the third being embedded
+            rng = np.random.default_rng(int(images[0, 0, 0, 0]))
+            v = rng.standard_normal((len(images), 4)).astype(np.float32)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    build_index({root!r}, KeyedImageSource(np.arange(40), render, name="grey"), embedder=Embedder(), chunk_size=8,
+                progress=False)
+"""
+
+
+def test_kill9_mid_index_build_resumes_and_second_builder_refused(tmp_path: Path) -> None:
+    """The retrieval index writer: a second builder is refused naming the first; after ``kill -9`` mid-build
+    nothing opens as an index, the stale lock is taken over, and the next build resumes from the parts written."""
+    from mindeye_core.retrieval.index import KeyedImageSource, build_index, open_index
+
+    root = tmp_path / "index"
+    child = Child(INDEX_CHILD.format(root=str(root)))
+    child.wait_for()
+    src = KeyedImageSource(np.arange(40), lambda k: np.stack([np.full((8, 8, 3), int(x) % 251, np.uint8) for x in k]),
+                           name="grey")
+
+    class Embedder:  # the same model as the child's
+        from mindeye_core.retrieval.embedders import ModelInfo
+        info = ModelInfo("pixels", "d" * 64, "final", 4)
+        calls = 0
+
+        def encode(self, images: np.ndarray) -> np.ndarray:
+            Embedder.calls += 1
+            rng = np.random.default_rng(int(images[0, 0, 0, 0]))
+            v = rng.standard_normal((len(images), 4)).astype(np.float32)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    with pytest.raises(DestinationLockedError, match=f"pid {child.pid}"):
+        build_index(root, src, embedder=Embedder(), chunk_size=8, progress=False)
+    child.kill9()
+    with pytest.raises(DataFormatError, match="unfinished build"):
+        open_index(root)
+    parts = sorted(p.name for p in (root / "vectors").glob("part-*.ids.npy"))
+    assert len(parts) == 2 and not list((root / "vectors").glob("*.tmp*"))
+    res = build_index(root, src, embedder=Embedder(), chunk_size=8, progress=False)
+    assert Embedder.calls == 3 and res.meta["n_items"] == 40  # only the 3 missing parts were embedded
+    np.testing.assert_array_equal(open_index(root).ids, np.arange(40))
+    assert not list(tmp_path.glob("*.lock")) and not list(root.glob("*.lock"))

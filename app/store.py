@@ -348,7 +348,7 @@ class ExplorerStore:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loading: threading.Thread | None = None
     _stimuli: np.ndarray | None = None
-    _memo: OrderedDict[tuple[str, int], Any] = field(default_factory=OrderedDict)
+    _memo: OrderedDict[tuple[Any, ...], Any] = field(default_factory=OrderedDict)
     world_data: Any = None
     world_problem: str | None = None
     _clip: dict[int, np.ndarray] = field(default_factory=dict)
@@ -645,6 +645,28 @@ class ExplorerStore:
             self._memo.popitem(last=False)
         return prior, projector
 
+    def _picked_prior(self, subject: str, i: int, picked: int) -> Any:
+        """``(1, 1, T, D)`` float16: the prior sample of trial ``i``'s candidate ``picked``, from the stored or
+        memoised K samples, else (light bundle) drawn alone from the voxels with that candidate's own generator
+        (:meth:`~mindeye_core.recon.Reconstructor.sample_prior` ``sample_ids``): the same sample for a quarter of
+        the prior's cost. Memoised for recent trials."""
+        import torch
+
+        cache = self.subject(subject)
+        if (subject, i) in self._memo or cache.has_prior_samples or not cache.has_voxels:
+            return self._trial_inputs(subject, i)[0][:, picked:picked + 1]
+        key = (subject, i, "picked")
+        if key not in self._memo:
+            rec = self.reconstructors[subject]
+            v = torch.from_numpy(np.asarray(cache.reader.voxels(i), np.float16).astype(np.float32))[None]
+            with torch.no_grad():
+                backbone, _ = rec.brain_model(v.to(rec.device))
+            self._memo[key] = rec.sample_prior(backbone, [int(cache.seeds[i])], sample_ids=[[picked]])
+            while len(self._memo) > MEMO_TRIALS:
+                self._memo.popitem(last=False)
+        self._memo.move_to_end(key)
+        return self._memo[key]
+
     def regenerate(self, subject: str, index: int, strength: float, *, all_candidates: bool = False) -> LiveResult:
         """Trial ``index`` at any ``strength`` with its own seed, through ``Reconstructor.regenerate``.
 
@@ -673,11 +695,12 @@ class ExplorerStore:
         seed, picked = int(cache.seeds[i]), int(cache.picked[i])
         t0 = time.perf_counter()
         with self._lock:
-            prior, projector = self._trial_inputs(subject, i)
             if all_candidates:
+                prior, projector = self._trial_inputs(subject, i)
                 out = rec.regenerate(prior, init, [seed], float(strength), projector=projector)
             else:
-                out = rec.regenerate(prior[:, picked:picked + 1], init, [seed], float(strength), sample_ids=[[picked]])
+                out = rec.regenerate(self._picked_prior(subject, i, picked), init, [seed], float(strength),
+                                     sample_ids=[[picked]])
         seconds = time.perf_counter() - t0
         candidates = _to_uint8_hwc(out.candidates[0])
         if out.picked is not None:

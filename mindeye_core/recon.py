@@ -610,14 +610,25 @@ class Reconstructor:
         return quantize_images(self.vae.decode(latents).float().cpu())
 
     @torch.no_grad()
-    def sample_prior(self, backbone: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    def sample_prior(self, backbone: torch.Tensor, seeds: Sequence[int],
+                     sample_ids: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
         """``N`` prior samples per trial: backbone ``(B, T, D)`` -> ``(B, N, T, D)`` float16 (CPU).
 
         Row ``b * N + k`` of the prior batch uses ``Generator().manual_seed(row_seed(seeds[b], k, PRIOR_STREAM))``.
+        ``sample_ids`` (``B`` lists of ``M`` candidate indices) draws only those candidates, ``(B, M, T, D)``:
+        each keeps its own generator, so it is candidate ``k`` of the full draw (e.g. the app's slider, which
+        needs only the picked one, at a fraction of the cost).
         """
         b, n = backbone.shape[0], self.n_samples
         assert self.brain_model.prior is not None
-        gens = _generators(row_seeds(seeds, n, PRIOR_STREAM))
+        if sample_ids is not None:
+            ids = [[int(k) for k in row] for row in sample_ids]
+            if len(ids) != b or len({len(row) for row in ids}) != 1 or any(not 0 <= k < n for row in ids for k in row):
+                raise ValueError(f"sample_ids must be {b} equal-length lists of candidate indices in [0, {n}), got {sample_ids!r}")
+            n = len(ids[0])
+            gens = _generators([row_seed(int(seed), k, PRIOR_STREAM) for seed, row in zip(seeds, ids) for k in row])
+        else:
+            gens = _generators(row_seeds(seeds, n, PRIOR_STREAM))
         cond = backbone.repeat_interleave(n, dim=0)  # (B*N, T, D): candidate k of trial b at row b*N + k
         samples = self.brain_model.prior.sample(cond, generator=gens, cond_scale=self.prior_cond_scale)
         samples = samples.float().cpu().to(torch.float16)

@@ -346,3 +346,19 @@ def test_trials_per_call_batches_trials_without_changing_them(rec: Reconstructor
     res = batched.regenerate(out.prior_samples, out.blurry, out.seeds.tolist(), 0.5, projector=out.projector)
     torch.testing.assert_close(res.candidates, out.candidates[0.5], atol=1e-5, rtol=1e-5)
     assert torch.equal(res.picked, out.picked[0.5])
+
+
+def test_sample_prior_of_chosen_candidates_equals_the_full_draw(rec: Reconstructor) -> None:
+    """``sample_ids`` draws only the chosen candidates, each with its own generator: the same samples as the
+    corresponding rows of the full draw (what the app's slider uses to skip the other K - 1)."""
+    v = voxels(2, seed=4)
+    with torch.no_grad():
+        backbone, _ = rec.brain_model(v)
+    full = rec.sample_prior(backbone, [21, 22])
+    some = rec.sample_prior(backbone, [21, 22], sample_ids=[[N - 1], [0]])
+    assert some.shape == (2, 1, *full.shape[2:]) and some.dtype == torch.float16
+    torch.testing.assert_close(some[0, 0].float(), full[0, N - 1].float(), atol=2e-3, rtol=0)
+    torch.testing.assert_close(some[1, 0].float(), full[1, 0].float(), atol=2e-3, rtol=0)
+    for bad in ([[0]], [[0], [N]], [[0, 1], [0]]):
+        with pytest.raises(ValueError, match="sample_ids must be 2 equal-length lists"):
+            rec.sample_prior(backbone, [21, 22], sample_ids=bad)

@@ -617,55 +617,58 @@ class ExplorerStore:
         return png_data_url(self.seen(subject, int(index)))
 
     # ---------------------------------------------------------------- live generation
+    def _memoised(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        """``compute()`` for ``key``, kept for the :data:`MEMO_TRIALS` most recently used keys."""
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
+        value = self._memo[key] = compute()
+        while len(self._memo) > MEMO_TRIALS:
+            self._memo.popitem(last=False)
+        return value
+
+    def _brain_outputs(self, subject: str, i: int) -> tuple[Any, Any]:
+        """``(backbone, projector (1, E) float32)`` of trial ``i`` from its stored float16 voxels, exactly as the
+        reconstruction computed them."""
+        import torch
+
+        rec = self.reconstructors[subject]
+        v = torch.from_numpy(np.asarray(self.subject(subject).reader.voxels(i), np.float16).astype(np.float32))[None]
+        with torch.no_grad():
+            backbone, projector = rec.brain_model(v.to(rec.device))
+        return backbone, projector.float().cpu()
+
     def _trial_inputs(self, subject: str, i: int) -> tuple[Any, Any]:
         """``(prior_samples (1, K, T, D) float16, projector (1, E) float32 or None)`` of trial ``i``: stored, or
         (light bundle) recomputed from its float16 voxels exactly as the reconstruction did (brain model ->
         backbone and projector -> the prior's K samples with the trial's seed). Memoised for recent trials."""
         import torch
 
-        key = (subject, i)
-        if key in self._memo:
-            self._memo.move_to_end(key)
-            return self._memo[key]
-        cache, rec = self.subject(subject), self.reconstructors[subject]
-        prior = projector = None
-        if cache.has_prior_samples:
-            prior = torch.from_numpy(np.asarray(cache.reader.prior_samples(i)))[None]
-        if cache.has_voxels:  # the float32 projector (and backbone) exactly as the reconstruction computed them
-            v = torch.from_numpy(np.asarray(cache.reader.voxels(i), np.float16).astype(np.float32))[None]
-            with torch.no_grad():
-                backbone, projector = rec.brain_model(v.to(rec.device))
-            projector = projector.float().cpu()
-            if prior is None:
-                prior = rec.sample_prior(backbone, [int(cache.seeds[i])])
-        elif cache.has_projector:
-            projector = torch.from_numpy(np.asarray(cache.reader.embeddings("projector")[i], np.float32))[None]
-        self._memo[key] = (prior, projector)
-        while len(self._memo) > MEMO_TRIALS:
-            self._memo.popitem(last=False)
-        return prior, projector
+        def compute() -> tuple[Any, Any]:
+            cache = self.subject(subject)
+            prior = projector = None
+            if cache.has_prior_samples:
+                prior = torch.from_numpy(np.asarray(cache.reader.prior_samples(i)))[None]
+            if cache.has_voxels:
+                backbone, projector = self._brain_outputs(subject, i)
+                if prior is None:
+                    prior = self.reconstructors[subject].sample_prior(backbone, [int(cache.seeds[i])])
+            elif cache.has_projector:
+                projector = torch.from_numpy(np.asarray(cache.reader.embeddings("projector")[i], np.float32))[None]
+            return prior, projector
+
+        return self._memoised((subject, i), compute)
 
     def _picked_prior(self, subject: str, i: int, picked: int) -> Any:
         """``(1, 1, T, D)`` float16: the prior sample of trial ``i``'s candidate ``picked``, from the stored or
         memoised K samples, else (light bundle) drawn alone from the voxels with that candidate's own generator
         (:meth:`~mindeye_core.recon.Reconstructor.sample_prior` ``sample_ids``): the same sample for a quarter of
         the prior's cost. Memoised for recent trials."""
-        import torch
-
         cache = self.subject(subject)
         if (subject, i) in self._memo or cache.has_prior_samples or not cache.has_voxels:
             return self._trial_inputs(subject, i)[0][:, picked:picked + 1]
-        key = (subject, i, "picked")
-        if key not in self._memo:
-            rec = self.reconstructors[subject]
-            v = torch.from_numpy(np.asarray(cache.reader.voxels(i), np.float16).astype(np.float32))[None]
-            with torch.no_grad():
-                backbone, _ = rec.brain_model(v.to(rec.device))
-            self._memo[key] = rec.sample_prior(backbone, [int(cache.seeds[i])], sample_ids=[[picked]])
-            while len(self._memo) > MEMO_TRIALS:
-                self._memo.popitem(last=False)
-        self._memo.move_to_end(key)
-        return self._memo[key]
+        return self._memoised((subject, i, "picked"), lambda: self.reconstructors[subject].sample_prior(
+            self._brain_outputs(subject, i)[0], [int(cache.seeds[i])], sample_ids=[[picked]]))
 
     def regenerate(self, subject: str, index: int, strength: float, *, all_candidates: bool = False) -> LiveResult:
         """Trial ``index`` at any ``strength`` with its own seed, through ``Reconstructor.regenerate``.

@@ -83,8 +83,7 @@ class WorldData:
         if fingerprint:
             mine = dataset_fingerprint(root)
             # bundles written before the fingerprint left the timings out recorded the manifest file's sha256
-            legacy = hashlib.sha256(manifest.read_bytes()).hexdigest()
-            if fingerprint not in (mine, legacy):
+            if mine != fingerprint and hashlib.sha256(manifest.read_bytes()).hexdigest() != fingerprint:
                 raise DataFormatError(f"the dataset at {root} is not the one the bundle was built from "
                                       f"(fingerprint {mine[:12]}..., the bundle records {fingerprint[:12]}...)")
         ds = open_dataset(root)

@@ -426,9 +426,9 @@ def discard_h5(h5: Any, folder: str | Path | None = None) -> None:
     so that the close's final flush finds room after a full disk. (The file's own name is not read from
     ``h5``: after a failed flush h5py can crash on it.)
 
-    Known limitation: when the disk filled up, HDF5 may still hold the file after a failed close and flush it
-    again at interpreter exit, which can end the process with signal 11 *after* the writer has reported the
-    :class:`StorageError` and removed the partial folder; the reserve makes that rare (docs/reliability.md).
+    HDF5 that met a full disk inside its chunk cache can crash on the next call to the file (signal 11); the
+    streaming writers therefore check the room before each batch (:func:`require_room`), so that this close
+    normally finds a file whose writes all succeeded (docs/reliability.md).
     """
     if folder is not None:
         release_reserve(folder)

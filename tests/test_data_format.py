@@ -454,6 +454,11 @@ def test_dataset_fingerprint_ignores_timings_only(tmp_path):
     manifest["metadata"]["timing_s"] = {"stimuli": 123.0, "total": 456.0}  # as if generated on a slow machine
     (b / "manifest.json").write_text(json.dumps(manifest, indent=4))  # other formatting, too
     assert dataset_fingerprint(a) == dataset_fingerprint(b)
+    legacy = {("format" if k == "_class" else "format_version" if k == "_format_version" else k): v
+              for k, v in manifest.items()}  # the header as manifests written before the config helper spell it
+    assert "format" in legacy and "_class" not in legacy
+    (b / "manifest.json").write_text(json.dumps(legacy))
+    assert dataset_fingerprint(a) == dataset_fingerprint(b)
     manifest["metadata"]["seed"] = manifest["metadata"]["seed"] + 1
     (b / "manifest.json").write_text(json.dumps(manifest))
     assert dataset_fingerprint(a) != dataset_fingerprint(b)

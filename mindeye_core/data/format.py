@@ -32,7 +32,7 @@ from typing import Any, Iterator, Literal, Sequence
 import h5py
 import numpy as np
 
-from ..configfile import dump_versioned_config, read_versioned_config
+from ..configfile import CLASS_KEY, VERSION_KEY, dump_versioned_config, read_versioned_config
 from ..errors import DataFormatError
 from ..staging import Staging, begin, discard_h5, raise_storage_error, require_room
 
@@ -391,7 +391,7 @@ VOLATILE_METADATA_KEYS = ("timing_s",)
 
 def dataset_fingerprint(root: str | Path) -> str:
     """sha256 identifying a canonical dataset's content: of its ``manifest.json`` as canonical JSON (sorted
-    keys), without :data:`VOLATILE_METADATA_KEYS`. Changes whenever the dataset is rewritten differently;
+    keys, the legacy header spelling normalised), without :data:`VOLATILE_METADATA_KEYS`. Changes whenever the dataset is rewritten differently;
     the same demo world (config, seed, generator version) gives the same fingerprint wherever it is generated.
     Results bundles and trained models record it; the target cache is keyed by it.
 
@@ -405,9 +405,15 @@ def dataset_fingerprint(root: str | Path) -> str:
         manifest = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataFormatError(f"{path} is not JSON: {exc}") from exc
-    if isinstance(manifest, dict) and isinstance(manifest.get("metadata"), dict):
-        manifest = {**manifest, "metadata": {k: v for k, v in manifest["metadata"].items()
-                                             if k not in VOLATILE_METADATA_KEYS}}
+    if isinstance(manifest, dict):
+        # manifests written before the versioned-config helper spell the header "format" / "format_version"
+        # (read_manifest reads both): the same content gets one fingerprint whichever spelling it was written in
+        for legacy, key in (("format", CLASS_KEY), ("format_version", VERSION_KEY)):
+            if legacy in manifest and key not in manifest:
+                manifest[key] = manifest.pop(legacy)
+        if isinstance(manifest.get("metadata"), dict):
+            manifest = {**manifest, "metadata": {k: v for k, v in manifest["metadata"].items()
+                                                 if k not in VOLATILE_METADATA_KEYS}}
     canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 

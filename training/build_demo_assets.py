@@ -9,9 +9,12 @@ Stages, per subject (each resumable and skipped when done; a training stage kill
 its last checkpoint):
 
 1. ``highlevel``: :mod:`training.train_highlevel` with ``training/configs/demo.yaml``;
-2. ``lowlevel``: :mod:`training.train_lowlevel` with ``training/configs/demo_lowlevel.yaml``;
-3. ``ridge``: :mod:`training.train_ridge` with ``training/configs/demo_ridge.yaml`` (final, hidden, latents);
-4. ``recon``: the :class:`~mindeye_core.recon.Reconstructor` on the 600 shared test images (3-trial
+2. ``highlevel-1x``: the same with ``training/configs/demo_1x128.yaml`` (the 1 x 128 final-embedding model whose
+   prior output is the stage-1 query of the two-stage pool retrieval, :mod:`mindeye_core.retrieval.demo`; not
+   used by the reconstructions);
+3. ``lowlevel``: :mod:`training.train_lowlevel` with ``training/configs/demo_lowlevel.yaml``;
+4. ``ridge``: :mod:`training.train_ridge` with ``training/configs/demo_ridge.yaml`` (final, hidden, latents);
+5. ``recon``: the :class:`~mindeye_core.recon.Reconstructor` on the 600 shared test images (3-trial
    averages): blurry images, best of ``n_samples`` (4) candidates at the default strength 0.15 with 10 UniPC
    steps, the finals at the other grid strengths regenerated from the picked candidate alone (its own prior
    sample and noise: a CPU-cost simplification, the paper picks best-of-N at every strength), the ridge
@@ -23,7 +26,7 @@ then once: ``ceiling`` (the generator on the ground-truth embeddings: the recons
 
 Work folders (checkpoints, logs, intermediate arrays) live in ``--work`` (default
 ``$MINDEYE_CACHE/build_demo``); only the shipped files go to ``--out`` (default ``assets/``):
-``demo_brain/<subject>/{highlevel,lowlevel,ridge-final}/`` (float16 weights) and ``demo_results/``.
+``demo_brain/<subject>/{highlevel,highlevel-1x,lowlevel,ridge-final}/`` (float16 weights) and ``demo_results/``.
 Everything is deterministic given the configs and seeds: the same commands give the same weights and
 pixels on the same machine. Times per stage are recorded in ``demo_brain/build_report.json``.
 """
@@ -47,7 +50,7 @@ from mindeye_core.paths import ASSETS_DIR, cache_dir
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 SUBJECTS = ("subj01", "subj02", "subj03", "subj04")
-SUBJECT_STAGES = ("highlevel", "lowlevel", "ridge", "recon")
+SUBJECT_STAGES = ("highlevel", "highlevel-1x", "lowlevel", "ridge", "recon")
 STAGES = SUBJECT_STAGES + ("ceiling", "bundle")
 STRENGTHS = (0.0, 0.15, 0.3, 0.5, 0.7, 1.0)
 DEFAULT_STRENGTH = 0.15
@@ -69,7 +72,7 @@ class Build:
     steps: int = 10
     n_samples: int = 4
     overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    """Per training stage (``highlevel``, ``lowlevel``, ``ridge``), config values replacing the YAML's."""
+    """Per training stage (``highlevel``, ``highlevel-1x``, ``lowlevel``, ``ridge``), config values replacing the YAML's."""
 
     @property
     def brain_dir(self) -> Path:
@@ -139,20 +142,28 @@ def _ship_model(model_cls: Any, src: Path, dst: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ stages
-def stage_highlevel(b: Build, subject: str) -> dict[str, Any]:
+def _train_highlevel(b: Build, subject: str, stage: str, config: str) -> dict[str, Any]:
     from training.engine import Trainer
     from training.train_highlevel import HighLevelConfig, train
 
-    run = b.subject_work(subject) / "highlevel"
-    cfg = _load_yaml_config(b, "highlevel", HighLevelConfig, "demo.yaml", dataset=str(b.world), subject=subject, out=str(run),
+    run = b.subject_work(subject) / stage
+    cfg = _load_yaml_config(b, stage, HighLevelConfig, config, dataset=str(b.world), subject=subject, out=str(run),
                             threads=b.threads, progress=b.progress)
     summary = train(cfg, resume=bool(Trainer.checkpoints_in(run)))
     if not summary.get("finished"):
-        raise RuntimeError(f"{subject} highlevel stopped before the end (step {summary['final_step']}); run again to resume")
+        raise RuntimeError(f"{subject} {stage} stopped before the end (step {summary['final_step']}); run again to resume")
     from mindeye_core.models import MindEyeHighLevel
 
-    _ship_model(MindEyeHighLevel, run / "model", b.brain_dir / subject / "highlevel")
+    _ship_model(MindEyeHighLevel, run / "model", b.brain_dir / subject / stage)
     return {"metrics": summary.get("metrics", {}), "summary": {"final_step": summary["final_step"]}}
+
+
+def stage_highlevel(b: Build, subject: str) -> dict[str, Any]:
+    return _train_highlevel(b, subject, "highlevel", "demo.yaml")
+
+
+def stage_highlevel_1x(b: Build, subject: str) -> dict[str, Any]:
+    return _train_highlevel(b, subject, "highlevel-1x", "demo_1x128.yaml")
 
 
 def stage_lowlevel(b: Build, subject: str) -> dict[str, Any]:
@@ -405,7 +416,8 @@ def run(b: Build, subjects: Sequence[str], stages: Sequence[str], *, force: bool
     """Run the requested stages in order, skipping finished ones (unless ``force``)."""
     torch.set_num_threads(b.threads)
     b.work.mkdir(parents=True, exist_ok=True)
-    fns = {"highlevel": stage_highlevel, "lowlevel": stage_lowlevel, "ridge": stage_ridge, "recon": stage_recon}
+    fns = {"highlevel": stage_highlevel, "highlevel-1x": stage_highlevel_1x, "lowlevel": stage_lowlevel,
+           "ridge": stage_ridge, "recon": stage_recon}
     done: dict[str, Any] = {}
     for subject in subjects:
         for stage in SUBJECT_STAGES:
@@ -481,8 +493,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     for item in args.override:
         key, sep, value = item.partition("=")
         stage, dot, name = key.partition(".")
-        if not sep or not dot or stage not in ("highlevel", "lowlevel", "ridge"):
-            raise ValueError(f"--override {item!r}: expected STAGE.KEY=VALUE with STAGE highlevel, lowlevel or ridge")
+        if not sep or not dot or stage not in ("highlevel", "highlevel-1x", "lowlevel", "ridge"):
+            raise ValueError(f"--override {item!r}: expected STAGE.KEY=VALUE with STAGE highlevel, highlevel-1x, "
+                             "lowlevel or ridge")
         overrides.setdefault(stage, {})[name.replace("-", "_")] = yaml.safe_load(value)
     work = args.work or cache_dir() / "build_demo"
     world = Path(args.world) if args.world else None

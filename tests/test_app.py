@@ -561,6 +561,7 @@ def test_pool_neighbours_panel(tmp_path: Path) -> None:
              "chance_category_and_colour": 1 / 90}
     b.set_neighbours("subj01", seeds, scores, seeds=seeds,
                      info={"procedure": "two-stage: ...", "n_candidates": 16, "match": match,
+                           "query": {"final": "1x-prior", "final_model_sha256": "0" * 64},
                            "index": {"n_items": 100000, "pool": "demo-pool-v1"}})
     b.set_neighbours("subj02", np.array([[f"img/{i}-{j}.png" for j in range(3)] for i in range(N)]), scores[:, :3])
     st = ExplorerStore.open(root, live=False, data=False)
@@ -572,6 +573,7 @@ def test_pool_neighbours_panel(tmp_path: Path) -> None:
         assert f"#{r + 1} · cos {scores[5, r]:.3f} · pool seed {seeds[5, r]}" in caption
     assert "retrieved" in items[0][1] and "retrieved" not in items[1][1]
     assert "100,000 procedurally generated scenes" in note and "16 candidates" in note
+    assert "final-layer embedding (the 1 x 128 model's prior output) queries" in note
     assert "25.0 %" in note and "12.5 %" in note and "1.1 %" in note
     view = cb.retrieval_view(st, "subj01", 5)
     assert view.pool_note == note and len(view.pool) == cb.POOL_K

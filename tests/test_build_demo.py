@@ -15,6 +15,8 @@ from training import build_demo_assets as bda
 TINY = [
     "highlevel.model_overrides={hidden: 32, n_blocks: 1, proj_hidden: 32, prior_depth: 1, prior_heads: 2, prior_dim_head: 8, prior_timesteps: 10}",
     "highlevel.epochs=2", "highlevel.batch_size=32", "highlevel.eval_every=1",
+    "highlevel-1x.model_overrides={hidden: 32, n_blocks: 1, proj_hidden: 32, prior_depth: 1, prior_heads: 2, prior_dim_head: 8, prior_timesteps: 10}",
+    "highlevel-1x.epochs=2", "highlevel-1x.batch_size=32", "highlevel-1x.eval_every=1",
     "lowlevel.model_overrides={hidden: 32, n_blocks: 1, latent_channels: 8, block_out_channels: [8, 8, 8], norm_num_groups: 4}",
     "lowlevel.epochs=1", "lowlevel.batch_size=32", "ridge.alphas=[100.0, 10000.0]", "ridge.cv=2",
 ]
@@ -38,6 +40,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for o in TINY:
             argv += ["--override", o]
         assert bda.main(argv + ["--stages", "highlevel", "lowlevel", "ridge", "recon", "ceiling", "bundle"]) == 0
+        # subj01 only: the 1 x model is optional (the bundle records it where it exists)
+        assert bda.main(argv[:7] + ["subj01"] + argv[9:] + ["--stages", "highlevel-1x", "bundle"]) == 0
     finally:
         if old is None:
             os.environ.pop("MINDEYE_CACHE", None)
@@ -65,7 +69,10 @@ def test_bundle_is_complete_and_valid(built: Path) -> None:
     assert "tinyclip_2way" in m["ceiling"]["strengths"]["0"]
     assert s.ridge is not None and s.ridge.finals().shape == (40, 64, 64, 3)
     models = s.provenance["models"]
-    assert set(models) == {"highlevel", "lowlevel", "ridge-final"} and all(len(v["sha256"]) == 64 for v in models.values())
+    assert set(models) == {"highlevel", "highlevel-1x", "lowlevel", "ridge-final"}
+    assert all(len(v["sha256"]) == 64 for v in models.values())
+    assert models["highlevel-1x"]["config"]["n_tokens"] == 1 and models["highlevel-1x"]["folder"] == "demo_brain/subj01/highlevel-1x"
+    assert set(b.subject("subj02").provenance["models"]) == {"highlevel", "lowlevel", "ridge-final"}
 
 
 def test_resume_skips_finished_stages_and_status_reports(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,3 +137,55 @@ def test_demo_report_tables(built: Path) -> None:
     for needle in ("| MindEye (subj01) |", "| Ridge baseline (subj02) |", "MindEye, mean of subjects",
                    "Generator ceiling", "NSD, paper: MindEye", "0.15 (MindEye default)", "| subj01/highlevel |"):
         assert needle in text, needle
+
+
+def test_pool_neighbours_query_with_the_1x_model(built: Path, tmp_path: Path) -> None:
+    """The two-stage pool retrieval's stage-1 query is the 1 x 128 model's prior output on the bundle's voxels
+    (seeded like candidate 0), recorded with the model's hash; other models' folders are refused."""
+    from mindeye_core.cli import main as cli_main
+    from mindeye_core.errors import ConfigMismatchError, DataFormatError
+    from mindeye_core.models import MindEyeHighLevel
+    from mindeye_core.recon import PRIOR_STREAM, row_seed
+    from mindeye_core.results import open_results
+    from mindeye_core.retrieval.demo import brain_queries, pool_neighbours
+    from mindeye_core.retrieval.index import open_index
+    from mindeye_core.retrieval.pool import build_pool_index
+
+    bundle = open_results(built / "assets" / "demo_results")
+    s = bundle.subject("subj01")
+    brains = built / "assets" / "demo_brain"
+    q = brain_queries(s, brains / "subj01" / "highlevel", brains / "subj01" / "highlevel-1x")
+    assert q.source == "1x-prior" and q.final.shape == (40, 128) and q.projector.shape == (40, 65, 128)
+    assert q.final_model_sha256 == s.provenance["models"]["highlevel-1x"]["sha256"]
+    model = MindEyeHighLevel.from_pretrained(brains / "subj01" / "highlevel-1x").eval()
+    for i in (0, 7):
+        with torch.no_grad():
+            backbone, _ = model(torch.from_numpy(s.voxels([i]).astype(np.float32)))
+            gen = torch.Generator().manual_seed(row_seed(int(s.seeds()[i]), 0, PRIOR_STREAM))
+            want = model.prior.sample(backbone, generator=[gen])
+        np.testing.assert_allclose(q.final[i], want[0, 0].numpy(), rtol=1e-5, atol=1e-6)
+    token0 = brain_queries(s, brains / "subj01" / "highlevel")
+    assert token0.source == "prior-token0" and token0.final_model_sha256 is None
+    np.testing.assert_array_equal(token0.projector, q.projector)
+    assert not np.allclose(token0.final, q.final)
+
+    with pytest.raises(ConfigMismatchError, match="is not the 1 x 128 model"):  # hash recorded in the bundle
+        brain_queries(s, brains / "subj01" / "highlevel", brains / "subj01" / "highlevel")
+    s2 = bundle.subject("subj02")  # no 1 x model recorded: the folder's shape is checked instead
+    with pytest.raises(DataFormatError, match="maps to 65 x 128 tokens, not the 1 x 128"):
+        brain_queries(s2, brains / "subj02" / "highlevel", brains / "subj02" / "highlevel")
+    with pytest.raises(DataFormatError, match="300 voxels per trial but the model takes 320"):
+        brain_queries(s2, brains / "subj02" / "highlevel", brains / "subj01" / "highlevel-1x")
+
+    build_pool_index(40, "flat", root=tmp_path / "pool", workers=1, progress=False)
+    index_dir = tmp_path / "pool" / "demo-pool-v1-n40-flat"
+    result, summary = pool_neighbours(bundle, "subj01", open_index(index_dir), brain_dir=brains / "subj01" / "highlevel",
+                                      final_dir=brains / "subj01" / "highlevel-1x", n_candidates=4)
+    assert result.candidates.shape == (40, 4) and set(result.ids.tolist()) <= set(range(40))
+    assert summary["query"] == {"final": "1x-prior", "final_model_sha256": q.final_model_sha256}
+    assert "the 1 x 128 model's prior output" in summary["procedure"]
+    assert summary["index"]["name"] == "demo-pool-v1-n40-flat" and "path" not in summary["index"]
+
+    with pytest.raises(SystemExit, match=r"no 1 x 128 model in .*subj02[/\\]highlevel-1x.*--stage1 prior-token0"):
+        cli_main(["retrieval", "neighbours", "--bundle", str(built / "assets" / "demo_results"), "--subjects", "subj02",
+                  "--brain-root", str(brains), "--index", str(index_dir)])

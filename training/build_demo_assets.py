@@ -390,8 +390,10 @@ def stage_bundle(b: Build, subjects: Sequence[str]) -> dict[str, Any]:
             if ceiling is not None:
                 metrics["ceiling"] = {"strengths": {"0": ceiling}}
             models = {}
-            for part in ("highlevel", "lowlevel", "ridge-final"):
+            for part in ("highlevel", "highlevel-1x", "lowlevel", "ridge-final"):
                 folder = b.brain_dir / s / part
+                if part == "highlevel-1x" and not (folder / "model.safetensors").is_file():
+                    continue  # optional: only the pool retrieval's stage-1 query uses it
                 cfg = json.loads((folder / "config.json").read_text())
                 import hashlib
 

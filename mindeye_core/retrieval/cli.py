@@ -8,12 +8,14 @@ Sub-commands::
     mindeye retrieval build-pool [--n 100000] [--kind flat] [--param ...] [--workers 2]
     mindeye retrieval neighbours --bundle DIR [--subjects subj01 ...] [--pool-n 100000 --pool-kind flat |
                             --index DIR] [--candidates 16] [--exclude-near-duplicates 4] [--brain-root DIR]
+                            [--stage1 1x | prior-token0]
     mindeye retrieval info DIR
 
 Builds resume where they stopped (run the same command again). The demo pool's indexes live under
 ``$MINDEYE_CACHE/demo_pool`` (``--root`` to change); ``build-pool`` refuses pool images identical to the
 shipped demo bundle's test images (``--exclude-bundle``). ``neighbours`` runs the paper's two-stage
-procedure for every test sample and stores ids, scores and pool seeds in the bundle
+procedure for every test sample (stage 1 queried with the subject's 1 x 128 model,
+``<brain-root>/<subject>/highlevel-1x``) and stores ids, scores and pool seeds in the bundle
 (``SubjectResults.neighbours()``), and prints the two-stage vs one-stage category + colour match shares.
 """
 
@@ -103,14 +105,19 @@ def _neighbours(args: argparse.Namespace) -> int:
 
     bundle = open_results(args.bundle)
     subjects = args.subjects or bundle.subjects
+    brain_root = Path(args.brain_root) if args.brain_root else ASSETS_DIR / "demo_brain"
+    final_dirs = {name: brain_root / name / "highlevel-1x" for name in subjects} if args.stage1 == "1x" else {}
+    missing = [str(d) for d in final_dirs.values() if not (d / "model.safetensors").is_file()]
+    if missing:
+        raise SystemExit(f"no 1 x 128 model in {', '.join(missing)} (`mindeye build-demo --stages highlevel-1x` "
+                         "trains it; --stage1 prior-token0 queries with the high-level model's prior token 0 instead)")
     index = open_index(args.index) if args.index else ensure_pool_index(
         args.pool_n, args.pool_kind, root=args.root, exclude=_exclude_images(None), progress=not args.no_progress)
     labels = demo_test_labels(bundle, args.world) if bundle.world == "demo" else None
-    brain_root = Path(args.brain_root) if args.brain_root else ASSETS_DIR / "demo_brain"
     rows = []
     for name in subjects:
         result, summary = pool_neighbours(bundle, name, index, brain_dir=brain_root / name / "highlevel",
-                                          n_candidates=args.candidates,
+                                          final_dir=final_dirs.get(name), n_candidates=args.candidates,
                                           max_hash_distance=args.exclude_near_duplicates, labels=labels)
         ids, scores = result.ranked()
         bundle.set_neighbours(name, ids, scores, seeds=ids if index.meta.get("metadata", {}).get("pool") else None,
@@ -172,7 +179,10 @@ def register(subparsers: Any) -> None:
     n.add_argument("--candidates", type=int, default=16, help="stage-1 candidates (default 16, as the paper)")
     n.add_argument("--exclude-near-duplicates", type=int, default=None, metavar="BITS",
                    help="drop candidates within this pHash Hamming distance of the seen image")
-    n.add_argument("--brain-root", help="folder of <subject>/highlevel models (default assets/demo_brain)")
+    n.add_argument("--brain-root", help="folder of <subject>/{highlevel,highlevel-1x} models (default assets/demo_brain)")
+    n.add_argument("--stage1", choices=("1x", "prior-token0"), default="1x",
+                   help="stage-1 query: the 1 x 128 model's prior output (default, as the paper's 1 x 768 model) or "
+                        "token 0 of the 65 x 128 model's prior output")
     n.add_argument("--world", help="demo world folder of the bundle (default: regenerate its test labels)")
     for q in (p, n):
         q.add_argument("--root", default=None, help="pool index folder (default $MINDEYE_CACHE/demo_pool)")

@@ -5,13 +5,16 @@ embedding and stage 2 re-ranks the 16 candidates by the 65 x 128 projector outpu
 tiny-CLIP hidden tokens, computed on the fly from the re-rendered pool image
 (:func:`~.two_stage.two_stage_retrieve`).
 
-The demo world has no separate 1 x 128 MindEye: the final-layer query is token 0 of the high-level
-model's diffusion-prior output (one sample, seeded like the bundle's candidate 0). With this project's
-CLIP hidden target (tokens divided by token 0's norm), token 0 of the hidden space *is* the normalised
-final embedding, so the prior's token 0 is the brain's estimate of the final image embedding, which is
-what the paper's 1 x 768 model provides. Samples come from the bundle's stored ``prior``/``projector``
-embeddings when it has them, else from its stored voxels through the subject's high-level model
-(checked against the model hash in the bundle's provenance).
+The final-layer query comes, as in the paper (Appendix A.6), from a separate **1 x 128 model**: MindEye
+trained on the tiny CLIP's final image embedding (``training/configs/demo_1x128.yaml``, shipped as
+``assets/demo_brain/<subject>/highlevel-1x``); the query is its diffusion prior's output (one sample,
+seeded like the bundle's candidate 0) for the bundle's stored voxels. Without that model
+(``final_dir=None``) the query falls back to token 0 of the 65 x 128 model's prior output, which under this
+project's hidden target (tokens divided by token 0's norm) is that model's estimate of the normalised final
+embedding; on the demo world it is a poor one (cosine 0.29 to the true final embedding, against 0.71 for
+the patch tokens: ``docs/retrieval.md``), which is why the paper trains the 1 x 768 model. The projector
+output comes from the bundle's stored ``projector`` embeddings when it has them, else from its voxels
+through the subject's high-level model (checked against the model hash in the bundle's provenance).
 
 :func:`match_shares` measures, per subject, the share of test samples whose retrieved pool image has the
 same category and colour (of the main object: the largest visible one) as the seen image, for the
@@ -33,56 +36,102 @@ from .index import IndexRetriever
 from .pool import demo_pool_embedder, pool_labels, render_pool
 from .two_stage import TwoStageResult, two_stage_retrieve
 
-__all__ = ["brain_queries", "demo_test_labels", "main_objects", "match_shares", "pool_neighbours"]
+__all__ = ["BrainQueries", "brain_queries", "demo_test_labels", "main_objects", "match_shares", "pool_neighbours"]
 
 
-def _projector_and_final(subject: Any, brain_dir: str | Path | None, batch_size: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
+def _load_highlevel(folder: str | Path, what: str, want_sha256: str | None = None) -> tuple[Any, str]:
+    """``(MindEyeHighLevel in eval mode, weights sha256)`` from a model folder, refusing another model's weights."""
     from ..models import MindEyeHighLevel
-    from ..recon import PRIOR_STREAM, row_seed
 
-    if brain_dir is None:
-        raise DataFormatError(f"subject {subject.name}: the bundle stores no prior/projector embeddings; give the "
-                              "subject's high-level model folder (--brain-root) to compute them from the voxels")
-    folder = Path(brain_dir).expanduser()
+    folder = Path(folder).expanduser()
     weights = folder / "model.safetensors"
     if not weights.is_file():
-        raise DataFormatError(f"missing high-level model weights {weights}")
-    want = subject.provenance.get("models", {}).get("highlevel", {}).get("sha256")
+        raise DataFormatError(f"missing {what} weights {weights}")
     have = hashlib.sha256(weights.read_bytes()).hexdigest()
-    if want and want != have:
-        raise ConfigMismatchError(f"{folder} is not the high-level model of {subject.name} in this bundle "
-                                  f"(sha256 {have[:12]}... != {want[:12]}...)")
-    model = MindEyeHighLevel.from_pretrained(folder).eval()
-    voxels, seeds = subject.voxels().astype(np.float32), subject.seeds()
-    proj_out, final_out = [], []
+    if want_sha256 and want_sha256 != have:
+        raise ConfigMismatchError(f"{folder} is not the {what} in this bundle "
+                                  f"(sha256 {have[:12]}... != {want_sha256[:12]}...)")
+    return MindEyeHighLevel.from_pretrained(folder).eval(), have
+
+
+def _brain_outputs(model: Any, voxels: np.ndarray, seeds: np.ndarray, batch_size: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """``(projector (N, T, D), prior sample (N, T, D))`` float32 of ``model`` for ``voxels (N, V)``; the prior's
+    noise for row ``i`` is seeded like the bundle's candidate 0 of seed ``seeds[i]``."""
+    import torch
+
+    from ..recon import PRIOR_STREAM, row_seed
+
+    if voxels.shape[1] != model.brain.n_voxels:
+        raise DataFormatError(f"the bundle stores {voxels.shape[1]} voxels per trial but the model takes "
+                              f"{model.brain.n_voxels}: not this subject's model")
+    proj_out, prior_out = [], []
     with torch.no_grad():
         for s in range(0, voxels.shape[0], batch_size):
             v = torch.from_numpy(voxels[s : s + batch_size])
             backbone, projector = model(v)
             gens = [torch.Generator().manual_seed(row_seed(int(x), 0, PRIOR_STREAM)) for x in seeds[s : s + batch_size]]
             prior = model.prior.sample(backbone, generator=gens)
-            proj_out.append(projector.float().numpy())
-            final_out.append(prior[:, 0].float().numpy())
-    return np.concatenate(proj_out), np.concatenate(final_out)
+            proj_out.append(projector.float().reshape(v.shape[0], -1, projector.shape[-1]).numpy())
+            prior_out.append(prior.float().reshape(v.shape[0], -1, prior.shape[-1]).numpy())
+    return np.concatenate(proj_out), np.concatenate(prior_out)
 
 
-def brain_queries(subject: Any, brain_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The two queries of a bundle subject: ``(final (N, D), projector (N, T, D))`` float32.
+class BrainQueries:
+    """The two queries of one subject's test samples.
 
-    ``final`` is token 0 of the prior output, ``projector`` the contrastive projector output (see the module
-    docstring); from the bundle's stored embeddings if present, else from its voxels and ``brain_dir``.
+    Attributes:
+        final: ``(N, D)`` float32 stage-1 query in the final-embedding space.
+        projector: ``(N, T, D)`` float32 stage-2 query (the high-level model's projector output).
+        source: how ``final`` was made (``"1x-prior"``: the 1 x D model's prior output; ``"prior-token0"``:
+            token 0 of the T x D model's prior output).
+        final_model_sha256: the 1 x D model's weights hash (``None`` for ``"prior-token0"``).
+    """
+
+    def __init__(self, final: np.ndarray, projector: np.ndarray, source: str, final_model_sha256: str | None) -> None:
+        self.final, self.projector, self.source, self.final_model_sha256 = final, projector, source, final_model_sha256
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"final": self.source, "final_model_sha256": self.final_model_sha256}
+
+
+def brain_queries(subject: Any, brain_dir: str | Path | None = None, final_dir: str | Path | None = None) -> BrainQueries:
+    """The two queries of a bundle subject (see the module docstring).
+
+    Args:
+        subject: a bundle's :class:`~mindeye_core.results.SubjectResults`.
+        brain_dir: the subject's T x D high-level model folder; needed only when the bundle stores no
+            ``projector`` (and, without ``final_dir``, no ``prior``) embeddings.
+        final_dir: the subject's 1 x D model folder (``highlevel-1x``): its prior output on the bundle's voxels
+            is the stage-1 query. ``None``: token 0 of the T x D prior output instead.
     """
     t, d = subject.embedding_shape
-    if subject.has_embeddings and {"prior", "projector"} <= set(subject.embedding_spaces):
+    spaces = set(subject.embedding_spaces) if subject.has_embeddings else set()
+    models = subject.provenance.get("models", {})
+    need_model = "projector" not in spaces or (final_dir is None and "prior" not in spaces)
+    proj = prior = None
+    if need_model:
+        if brain_dir is None:
+            raise DataFormatError(f"subject {subject.name}: the bundle stores no prior/projector embeddings; give the "
+                                  "subject's high-level model folder (--brain-root) to compute them from the voxels")
+        if not subject.has_voxels:
+            raise DataFormatError(f"subject {subject.name} stores neither prior/projector embeddings nor voxels")
+        model, _ = _load_highlevel(brain_dir, "high-level model", models.get("highlevel", {}).get("sha256"))
+        proj, prior = _brain_outputs(model, subject.voxels().astype(np.float32), subject.seeds())
+    if "projector" in spaces:
         proj = subject.embeddings("projector").astype(np.float32).reshape(-1, t, d)
-        final = subject.embeddings("prior").astype(np.float32).reshape(-1, t, d)[:, 0]
-        return final, proj
+    assert proj is not None
+    if final_dir is None:
+        if prior is None:
+            prior = subject.embeddings("prior").astype(np.float32).reshape(-1, t, d)
+        return BrainQueries(prior[:, 0], proj.reshape(-1, t, d), "prior-token0", None)
     if not subject.has_voxels:
-        raise DataFormatError(f"subject {subject.name} stores neither prior/projector embeddings nor voxels")
-    proj, final = _projector_and_final(subject, brain_dir)
-    return final, proj.reshape(-1, t, d)
+        raise DataFormatError(f"subject {subject.name} stores no voxels: the 1 x {d} model needs them")
+    model1, sha = _load_highlevel(final_dir, f"1 x {d} model", models.get("highlevel-1x", {}).get("sha256"))
+    if (model1.brain.n_tokens, model1.brain.dim) != (1, d):
+        raise DataFormatError(f"{final_dir} maps to {model1.brain.n_tokens} x {model1.brain.dim} tokens, not the "
+                              f"1 x {d} final embedding")
+    _, prior1 = _brain_outputs(model1, subject.voxels().astype(np.float32), subject.seeds())
+    return BrainQueries(prior1[:, 0], proj.reshape(-1, t, d), "1x-prior", sha)
 
 
 def demo_test_labels(bundle: Any, world_root: str | Path | None = None) -> StimulusLabels:
@@ -128,18 +177,24 @@ def match_shares(seen: StimulusLabels, result: TwoStageResult) -> dict[str, Any]
     return out
 
 
+_QUERY_TEXT = {"1x-prior": "the 1 x 128 model's prior output", "prior-token0": "token 0 of the prior output"}
+
+
 def pool_neighbours(bundle: Any, subject_name: str, index: IndexRetriever, *, brain_dir: str | Path | None = None,
-                    n_candidates: int = 16, max_hash_distance: int | None = None,
+                    final_dir: str | Path | None = None, n_candidates: int = 16, max_hash_distance: int | None = None,
                     labels: StimulusLabels | None = None) -> tuple[TwoStageResult, dict[str, Any]]:
     """The two-stage procedure for every test sample of ``subject_name`` against the demo-pool ``index``.
 
-    The query model is the bundle's encoder (provenance ``encoder.sha256``); an index built with another
-    model is refused. Returns the :class:`TwoStageResult` and a JSON-able summary (index, procedure and,
+    ``final_dir`` is the subject's 1 x 128 model (its prior output is the stage-1 query; ``None``: token 0 of
+    the 65 x 128 prior output, see :func:`brain_queries`); ``brain_dir`` its 65 x 128 high-level model (needed
+    only when the bundle stores no projector embeddings). The query model is the bundle's encoder (provenance
+    ``encoder.sha256``); an index built with another model is refused. Returns the :class:`TwoStageResult` and a JSON-able summary (index, procedure and,
     with ``labels`` of the bundle's stimuli, :func:`match_shares`).
     """
     subject = bundle.subject(subject_name)
     enc = bundle.provenance.get("encoder", {})
-    final, proj = brain_queries(subject, brain_dir)
+    queries = brain_queries(subject, brain_dir, final_dir)
+    final, proj = queries.final, queries.projector
     model = ModelInfo(name=str(enc.get("name", "unknown")), sha256=str(enc.get("sha256", "")), space="final",
                       dim=final.shape[1])
     embedder = demo_pool_embedder()
@@ -152,12 +207,14 @@ def pool_neighbours(bundle: Any, subject_name: str, index: IndexRetriever, *, br
                                 ground_truth=ground_truth, max_hash_distance=max_hash_distance,
                                 search_kwargs={"model": model})
     summary: dict[str, Any] = {
-        "procedure": "two-stage: final-embedding query (prior token 0) for n_candidates, re-ranked by the "
-                     "projector output vs each candidate's hidden tiny-CLIP tokens",
+        "procedure": f"two-stage: final-embedding query ({_QUERY_TEXT[queries.source]}) for n_candidates, "
+                     "re-ranked by the projector output vs each candidate's hidden tiny-CLIP tokens",
+        "query": queries.to_dict(),
         "n_candidates": int(result.candidates.shape[1]),
         "max_hash_distance": max_hash_distance,
         "excluded": int(result.excluded.sum()),
-        "index": {"path": str(index.path), "n_items": len(index), "factory": index.meta.get("factory"),
+        # the folder's name, not its path: the summary is shipped in bundles built on another machine
+        "index": {"name": index.path.name, "n_items": len(index), "factory": index.meta.get("factory"),
                   "search_params": index.meta.get("search_params"), "model": index.model.to_dict(),
                   "pool": index.meta.get("metadata", {}).get("pool")},
     }

@@ -15,7 +15,8 @@ the serialised index size; "vs flat" is that over ``N * D * 4`` bytes. Targets (
 cores: p50 <= 10 ms, recall@10 >= 0.95, memory <= 1/4 of flat.
 
     nice -n 19 python benchmarks/bench_retrieval.py --sizes 100000 --data random768 pool
-    nice -n 19 python benchmarks/bench_retrieval.py --sizes 1000000 --data pool --kinds flat ivfsq
+    nice -n 19 python benchmarks/bench_retrieval.py --sizes 1000000 --data pool --kinds flat ivfsq "IVF4096,PQ128x7" \
+        --param "IVF4096,PQ128x7:nprobe=32"   # a raw factory string gets faiss' defaults (nprobe 1) unless given
 """
 
 from __future__ import annotations

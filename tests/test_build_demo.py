@@ -189,3 +189,37 @@ def test_pool_neighbours_query_with_the_1x_model(built: Path, tmp_path: Path) ->
     with pytest.raises(SystemExit, match=r"no 1 x 128 model in .*subj02[/\\]highlevel-1x.*--stage1 prior-token0"):
         cli_main(["retrieval", "neighbours", "--bundle", str(built / "assets" / "demo_results"), "--subjects", "subj02",
                   "--brain-root", str(brains), "--index", str(index_dir)])
+
+
+def test_pool_query_ablation_table(built: Path, tmp_path: Path) -> None:
+    """training.pool_query_ablation: one row per stage-1 query plus the linear probe; the seen image's own
+    embedding is the exact upper bound (cosine 1, and on a pool that holds the seen images, every match)."""
+    from mindeye_core.results import open_results
+    from mindeye_core.retrieval.pool import build_pool_index
+
+    from training import pool_query_ablation as pqa
+
+    build_pool_index(40, "flat", root=tmp_path / "pool", workers=1, progress=False)
+    out = tmp_path / "ablation.md"
+    argv = ["--bundle", str(built / "assets" / "demo_results"), "--brain", str(built / "assets" / "demo_brain"),
+            "--world", str(built / "world"), "--subjects", "subj01", "--index",
+            str(tmp_path / "pool" / "demo-pool-v1-n40-flat"), "--out", str(out)]
+    assert pqa.main(argv) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [r["query"] for r in data["rows"]] == ["1x prior", "1x projector", "65x128 prior token 0", "seen image",
+                                                  "linear probe: voxels -> category, colour (no pool)"]
+    seen = data["rows"][3]
+    assert seen["cosine_to_seen_final"] == pytest.approx(1.0, abs=1e-5)
+    for r in data["rows"]:
+        assert 0 <= r["category_and_colour"] <= min(r["category"], r["colour"]) <= 1
+    assert data["index"] == "demo-pool-v1-n40-flat" and "| subj01 | 1x prior |" in out.read_text()
+    # the 1x prior row's cosine is that of the query the neighbours command uses
+    from mindeye_core.retrieval.demo import brain_queries
+    from mindeye_core.retrieval.pool import demo_pool_embedder
+    from mindeye_core.similarity import normalise
+
+    s = open_results(built / "assets" / "demo_results").subject("subj01")
+    brains = built / "assets" / "demo_brain" / "subj01"
+    q = normalise(brain_queries(s, brains / "highlevel", brains / "highlevel-1x").final)
+    want = float(np.mean(np.sum(q * normalise(demo_pool_embedder().encode(s.ground_truth())), 1)))
+    assert data["rows"][0]["cosine_to_seen_final"] == pytest.approx(want, abs=1e-5)

@@ -203,6 +203,19 @@ def test_pool_neighbours_of_a_bundle(tmp_path: Path) -> None:
         pool_neighbours(open_results(tmp_path / "other"), "subj01", index, n_candidates=5)
 
 
+def test_pool_index_names_carry_the_parameters(tmp_path: Path) -> None:
+    """Builds with other parameters get their own folders (never the 'another build' refusal of one folder)."""
+    from mindeye_core.retrieval.pool import pool_index_name
+
+    assert pool_index_name(100_000, "ivfpq") == "demo-pool-v1-n100000-ivfpq"
+    assert pool_index_name(10**6, "ivfpq", {"nbits": 7, "m": 128}) == "demo-pool-v1-n1000000-ivfpq-m128-nbits7"
+    assert pool_index_name(40, "IVF4,Flat") == "demo-pool-v1-n40-IVF4_Flat"
+    flat = build_pool_index(40, "flat", root=tmp_path, workers=1, progress=False)
+    sq = build_pool_index(40, "ivfsq", root=tmp_path, params={"nlist": 4, "bits": 8}, workers=1, progress=False)
+    assert flat.path.name == "demo-pool-v1-n40-flat" and sq.path.name == "demo-pool-v1-n40-ivfsq-bits8-nlist4"
+    assert sq.meta["factory"] == "IVF4,SQ8" and (tmp_path / sq.path.name / "index.json").is_file()
+
+
 def test_the_shipped_pool_index_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``ensure_pool_index()`` opens the 10^5 IVF-PQ index shipped in assets/demo_pool (nothing to build): it
     holds pool seeds 0..99999 embedded by the shipped tiny CLIP, finds pool images from their own embeddings,
@@ -224,6 +237,6 @@ def test_the_shipped_pool_index_is_the_default(tmp_path: Path, monkeypatch: pyte
     # another kind is built in the cache (a tiny pool stands in for 10^5 images)
     monkeypatch.setattr(pool_mod, "build_pool_index", lambda n, kind, **kw: build_pool_index(
         48, kind, root=tmp_path / "cache" / "demo_pool", workers=1, progress=False))
-    monkeypatch.setattr(pool_mod, "_index_name", lambda n, kind: f"demo-pool-v1-n48-{kind}")
+    monkeypatch.setattr(pool_mod, "pool_index_name", lambda n, kind, params=None: f"demo-pool-v1-n48-{kind}")
     built = pool_mod.ensure_pool_index(48, "flat")
     assert built.path == tmp_path / "cache" / "demo_pool" / "demo-pool-v1-n48-flat" and len(built) == 48

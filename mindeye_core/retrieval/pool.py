@@ -20,8 +20,9 @@ seeds), so the 10^6 build reuses the 10^5 one's work.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -42,6 +43,7 @@ __all__ = [
     "ensure_pool_index",
     "image_digest",
     "pool_dir",
+    "pool_index_name",
     "pool_labels",
     "pool_scene",
     "pool_source",
@@ -135,8 +137,16 @@ def pool_dir(root: str | Path | None = None) -> Path:
     return Path(root).expanduser() if root is not None else cache_dir() / "demo_pool"
 
 
-def _index_name(n: int, kind: str) -> str:
-    return f"{POOL_NAME}-n{n}-{kind}"
+def pool_index_name(n: int, kind: str, params: Mapping[str, Any] | None = None) -> str:
+    """The folder name of a pool index: ``demo-pool-v1-n<n>-<kind>`` plus ``-<name><value>`` per parameter given
+    (sorted), so that builds with other parameters never meet in one folder; characters other than letters,
+    digits, ``.`` and ``_`` (in a faiss factory string used as kind) become ``_``.
+
+    >>> pool_index_name(1_000_000, "ivfpq", {"nbits": 7, "m": 128})
+    'demo-pool-v1-n1000000-ivfpq-m128-nbits7'
+    """
+    parts = [str(kind)] + [f"{k}{v}" for k, v in sorted((params or {}).items())]
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{POOL_NAME}-n{int(n)}-" + "-".join(parts))
 
 
 def build_pool_index(n: int = 100_000, kind: str = "flat", *, root: str | Path | None = None,
@@ -152,7 +162,7 @@ def build_pool_index(n: int = 100_000, kind: str = "flat", *, root: str | Path |
         raise ValueError(f"pool sizes above {POOL_CHUNK} must be multiples of {POOL_CHUNK}, got {n}")
     base = pool_dir(root)
     embedder = demo_pool_embedder()
-    return build_index(base / _index_name(n, kind), pool_source(n, exclude), embedder=embedder,
+    return build_index(base / pool_index_name(n, kind, params), pool_source(n, exclude), embedder=embedder,
                        embedder_factory=demo_pool_embedder if workers > 1 else None, kind=kind, params=params,
                        chunk_size=POOL_CHUNK, workers=workers, progress=progress, max_chunks=max_chunks,
                        vectors_dir=base / f"vectors-{embedder.info.sha256[:16]}",
@@ -170,8 +180,8 @@ def ensure_pool_index(n: int = 100_000, kind: str = SHIPPED_POOL_KIND, *, root: 
     """Open the pool index of ``n`` images: from ``root`` (default :func:`pool_dir`), else, with the default
     ``root``, the one shipped in :data:`SHIPPED_POOL_DIR` (the 10^5 IVF-PQ index: nothing to build), else
     build it first (the exact ``flat`` 10^5 index: about 6 CPU-minutes of rendering and embedding)."""
-    path = pool_dir(root) / _index_name(int(n), kind)
-    shipped = SHIPPED_POOL_DIR / _index_name(int(n), kind)
+    path = pool_dir(root) / pool_index_name(int(n), kind)
+    shipped = SHIPPED_POOL_DIR / pool_index_name(int(n), kind)
     if root is None and not (path / "index.json").is_file() and (shipped / "index.json").is_file():
         return open_index(shipped)
     if not (path / "index.json").is_file():

@@ -24,6 +24,7 @@ two-stage pick and for the one-stage (final embedding only) pick.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ def _brain_outputs(model: Any, voxels: np.ndarray, seeds: np.ndarray, batch_size
     return np.concatenate(proj_out), np.concatenate(prior_out)
 
 
+@dataclass(frozen=True)
 class BrainQueries:
     """The two queries of one subject's test samples.
 
@@ -87,10 +89,13 @@ class BrainQueries:
         final_model_sha256: the 1 x D model's weights hash (``None`` for ``"prior-token0"``).
     """
 
-    def __init__(self, final: np.ndarray, projector: np.ndarray, source: str, final_model_sha256: str | None) -> None:
-        self.final, self.projector, self.source, self.final_model_sha256 = final, projector, source, final_model_sha256
+    final: np.ndarray
+    projector: np.ndarray
+    source: str
+    final_model_sha256: str | None
 
     def to_dict(self) -> dict[str, Any]:
+        """What the neighbours summary records under ``query``."""
         return {"final": self.source, "final_model_sha256": self.final_model_sha256}
 
 

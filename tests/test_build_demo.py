@@ -203,10 +203,11 @@ def test_pool_query_ablation_table(built: Path, tmp_path: Path) -> None:
     out = tmp_path / "ablation.md"
     argv = ["--bundle", str(built / "assets" / "demo_results"), "--brain", str(built / "assets" / "demo_brain"),
             "--world", str(built / "world"), "--subjects", "subj01", "--index",
-            str(tmp_path / "pool" / "demo-pool-v1-n40-flat"), "--out", str(out)]
+            str(tmp_path / "pool" / "demo-pool-v1-n40-flat"), "--candidates", "4", "--out", str(out)]
     assert pqa.main(argv) == 0
     data = json.loads(out.with_suffix(".json").read_text())
     assert [r["query"] for r in data["rows"]] == ["1x prior", "1x projector", "65x128 prior token 0", "seen image",
+                                                  "seen image, two-stage",
                                                   "linear probe: voxels -> category, colour (no pool)"]
     seen = data["rows"][3]
     assert seen["cosine_to_seen_final"] == pytest.approx(1.0, abs=1e-5)

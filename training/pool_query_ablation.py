@@ -13,7 +13,9 @@ of the largest visible object). Rows:
 - ``1x projector``: the same model's contrastive projector output;
 - ``65x128 prior token 0``: token 0 of the reconstruction model's prior output (the query before the 1 x 128
   model existed);
-- ``seen image``: the seen image's own tiny-CLIP final embedding (the upper bound of any brain query).
+- ``seen image``: the seen image's own tiny-CLIP final embedding (the upper bound of any brain query);
+- ``seen image, two-stage``: the same, then the 16 candidates re-ranked by the seen image's own hidden tokens
+  (stage 2 with a perfect projector output: what the re-rank itself does to the match).
 
 Each row also gives the query's mean cosine to the seen image's final embedding. A last row per subject is a
 **linear probe**: ridge classifiers from the training trials' voxels straight to the main object's category and
@@ -60,17 +62,20 @@ def linear_probe(world: Path, subject: str) -> dict[str, float]:
             "category": float(np.mean(ok["category"])), "colour": float(np.mean(ok["colour"]))}
 
 
-def subject_rows(bundle: Any, name: str, index: Any, brain: Path, labels: Any) -> list[dict[str, Any]]:
+def subject_rows(bundle: Any, name: str, index: Any, brain: Path, labels: Any, n_candidates: int = 16) -> list[dict[str, Any]]:
     """One dict per stage-1 query of subject ``name`` (see the module docstring)."""
     from mindeye_core.models import MindEyeHighLevel
     from mindeye_core.retrieval.demo import brain_queries, main_objects
     from mindeye_core.retrieval.embedders import ModelInfo
-    from mindeye_core.retrieval.pool import demo_pool_embedder, pool_labels
+    from mindeye_core.retrieval.pool import demo_pool_embedder, pool_labels, render_pool
+    from mindeye_core.retrieval.two_stage import two_stage_retrieve
     from mindeye_core.similarity import normalise
 
     s = bundle.subject(name)
     cat, col = main_objects(labels.subset(s.stimulus_rows()))
-    seen_final = normalise(demo_pool_embedder().encode(s.ground_truth()))
+    embedder = demo_pool_embedder()
+    seen_final, seen_hidden = embedder.encode(s.ground_truth(), return_hidden=True)
+    seen_final = normalise(seen_final)
     one_x = brain_queries(s, brain / name / "highlevel", brain / name / "highlevel-1x")
     token0 = brain_queries(s, brain / name / "highlevel")
     with torch.no_grad():
@@ -81,14 +86,21 @@ def subject_rows(bundle: Any, name: str, index: Any, brain: Path, labels: Any) -
                      dim=seen_final.shape[1])
     queries = {"1x prior": one_x.final, "1x projector": projector.reshape(len(cat), -1).numpy(),
                "65x128 prior token 0": token0.final, "seen image": seen_final}
+    def row(query: str, q: np.ndarray, top: np.ndarray) -> dict[str, Any]:
+        rc, rl = main_objects(pool_labels(np.asarray(top, np.int64)))
+        return {"subject": name, "query": query, "cosine_to_seen_final": float(np.mean(np.sum(q * seen_final, 1))),
+                "category_and_colour": float(np.mean((rc == cat) & (rl == col))),
+                "category": float(np.mean(rc == cat)), "colour": float(np.mean(rl == col))}
+
     rows = []
     for query, q in queries.items():
         q = normalise(q).astype(np.float32)
         _, ids = index.search(q, 1, model=info)
-        rc, rl = main_objects(pool_labels(np.asarray(ids[:, 0], np.int64)))
-        rows.append({"subject": name, "query": query, "cosine_to_seen_final": float(np.mean(np.sum(q * seen_final, 1))),
-                     "category_and_colour": float(np.mean((rc == cat) & (rl == col))),
-                     "category": float(np.mean(rc == cat)), "colour": float(np.mean(rl == col))})
+        rows.append(row(query, q, ids[:, 0]))
+    two = two_stage_retrieve(seen_final, seen_hidden, index, render_pool,
+                             lambda images: embedder.encode(images, return_hidden=True)[1],
+                             n_candidates=n_candidates, search_kwargs={"model": info})
+    rows.append(row("seen image, two-stage", seen_final, two.ids))
     return rows
 
 
@@ -120,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--subjects", nargs="+", default=None)
     ap.add_argument("--index", type=folder_arg, default=None, help="an index folder (default: the shipped pool index)")
     ap.add_argument("--pool-kind", default=None, help="a demo-pool index kind instead (e.g. flat: exact, built on first use)")
+    ap.add_argument("--candidates", type=int, default=16, help="stage-1 candidates of the two-stage row")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here (and a .json beside it)")
     args = ap.parse_args(argv)
@@ -131,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = demo_test_labels(bundle, world)
     rows: list[dict[str, Any]] = []
     for name in args.subjects or bundle.subjects:
-        rows += subject_rows(bundle, name, index, Path(args.brain), labels)
+        rows += subject_rows(bundle, name, index, Path(args.brain), labels, n_candidates=args.candidates)
         rows.append({"subject": name, "query": "linear probe: voxels -> category, colour (no pool)",
                      "cosine_to_seen_final": None, **linear_probe(world, name)})
         print(f"{name}: done", file=sys.stderr)

@@ -326,9 +326,10 @@ def pool_view(store: ExplorerStore, subject: str, trial: Any, k: int = POOL_K) -
     n_items = index.get("n_items")
     where = (f"the demo pool ({int(n_items):,} procedurally generated scenes, none of them a test image)"
              if index.get("pool") and n_items else f"a collection of {n_items} images" if n_items else "a collection")
+    from mindeye_core.retrieval.demo import QUERY_SOURCES
+
     query = info.get("query", {}) if isinstance(info.get("query"), Mapping) else {}
-    final = (" (the 1 x 128 model's prior output)" if query.get("final") == "1x-prior" else
-             " (token 0 of the prior output)" if query.get("final") == "prior-token0" else "")
+    final = f" ({QUERY_SOURCES[query['final']]})" if query.get("final") in QUERY_SOURCES else ""
     how = (f"two-stage as the paper: the brain's final-layer embedding{final} queries {info.get('n_candidates', 16)} "
            "candidates, re-ranked by the projector output against each candidate's hidden tokens"
            if str(info.get("procedure", "")).startswith("two-stage") else str(info.get("procedure", "nearest neighbours")))

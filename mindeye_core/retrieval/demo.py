@@ -26,7 +26,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -37,7 +38,8 @@ from .index import IndexRetriever
 from .pool import demo_pool_embedder, pool_labels, render_pool
 from .two_stage import TwoStageResult, two_stage_retrieve
 
-__all__ = ["BrainQueries", "brain_queries", "demo_test_labels", "main_objects", "match_shares", "pool_neighbours"]
+__all__ = ["QUERY_SOURCES", "BrainQueries", "brain_queries", "demo_test_labels", "main_objects", "match_shares",
+           "pool_neighbours"]
 
 
 def _load_highlevel(folder: str | Path, what: str, want_sha256: str | None = None) -> tuple[Any, str]:
@@ -55,12 +57,15 @@ def _load_highlevel(folder: str | Path, what: str, want_sha256: str | None = Non
     return MindEyeHighLevel.from_pretrained(folder).eval(), have
 
 
-def _brain_outputs(model: Any, voxels: np.ndarray, seeds: np.ndarray, batch_size: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """``(projector (N, T, D), prior sample (N, T, D))`` float32 of ``model`` for ``voxels (N, V)``; the prior's
-    noise for row ``i`` is seeded like the bundle's candidate 0 of seed ``seeds[i]``."""
+def _brain_outputs(model: Any, voxels: np.ndarray, seeds: np.ndarray, *, with_prior: bool = True,
+                   batch_size: int = 100) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(projector (N, T, D), prior sample (N, T, D) or None)`` float32 of ``model`` for ``voxels (N, V)``; the
+    prior's noise for row ``i`` is seeded like the bundle's candidate 0 of seed ``seeds[i]`` (the
+    reconstruction's rule, :func:`~mindeye_core.recon.row_seeds`). ``with_prior=False`` skips the prior's sampling
+    (its many denoising steps) when only the projector is needed."""
     import torch
 
-    from ..recon import PRIOR_STREAM, row_seed
+    from ..recon import PRIOR_STREAM, row_seeds
 
     if voxels.shape[1] != model.brain.n_voxels:
         raise DataFormatError(f"the bundle stores {voxels.shape[1]} voxels per trial but the model takes "
@@ -70,11 +75,12 @@ def _brain_outputs(model: Any, voxels: np.ndarray, seeds: np.ndarray, batch_size
         for s in range(0, voxels.shape[0], batch_size):
             v = torch.from_numpy(voxels[s : s + batch_size])
             backbone, projector = model(v)
-            gens = [torch.Generator().manual_seed(row_seed(int(x), 0, PRIOR_STREAM)) for x in seeds[s : s + batch_size]]
-            prior = model.prior.sample(backbone, generator=gens)
             proj_out.append(projector.float().reshape(v.shape[0], -1, projector.shape[-1]).numpy())
-            prior_out.append(prior.float().reshape(v.shape[0], -1, prior.shape[-1]).numpy())
-    return np.concatenate(proj_out), np.concatenate(prior_out)
+            if with_prior:
+                gens = [torch.Generator().manual_seed(x) for x in row_seeds(seeds[s : s + batch_size], 1, PRIOR_STREAM)]
+                prior = model.prior.sample(backbone, generator=gens)
+                prior_out.append(prior.float().reshape(v.shape[0], -1, prior.shape[-1]).numpy())
+    return np.concatenate(proj_out), np.concatenate(prior_out) if with_prior else None
 
 
 @dataclass(frozen=True)
@@ -112,23 +118,23 @@ def brain_queries(subject: Any, brain_dir: str | Path | None = None, final_dir: 
     t, d = subject.embedding_shape
     spaces = set(subject.embedding_spaces) if subject.has_embeddings else set()
     models = subject.provenance.get("models", {})
-    need_model = "projector" not in spaces or (final_dir is None and "prior" not in spaces)
+    need_prior = final_dir is None and "prior" not in spaces  # token 0 of the T x D prior is the query
     proj = prior = None
-    if need_model:
+    if "projector" not in spaces or need_prior:
         if brain_dir is None:
             raise DataFormatError(f"subject {subject.name}: the bundle stores no prior/projector embeddings; give the "
                                   "subject's high-level model folder (--brain-root) to compute them from the voxels")
         if not subject.has_voxels:
             raise DataFormatError(f"subject {subject.name} stores neither prior/projector embeddings nor voxels")
         model, _ = _load_highlevel(brain_dir, "high-level model", models.get("highlevel", {}).get("sha256"))
-        proj, prior = _brain_outputs(model, subject.voxels().astype(np.float32), subject.seeds())
+        proj, prior = _brain_outputs(model, subject.voxels().astype(np.float32), subject.seeds(), with_prior=need_prior)
     if "projector" in spaces:
         proj = subject.embeddings("projector").astype(np.float32).reshape(-1, t, d)
     assert proj is not None
     if final_dir is None:
         if prior is None:
             prior = subject.embeddings("prior").astype(np.float32).reshape(-1, t, d)
-        return BrainQueries(prior[:, 0], proj.reshape(-1, t, d), "prior-token0", None)
+        return BrainQueries(prior[:, 0], proj, "prior-token0", None)
     if not subject.has_voxels:
         raise DataFormatError(f"subject {subject.name} stores no voxels: the 1 x {d} model needs them")
     model1, sha = _load_highlevel(final_dir, f"1 x {d} model", models.get("highlevel-1x", {}).get("sha256"))
@@ -136,7 +142,8 @@ def brain_queries(subject: Any, brain_dir: str | Path | None = None, final_dir: 
         raise DataFormatError(f"{final_dir} maps to {model1.brain.n_tokens} x {model1.brain.dim} tokens, not the "
                               f"1 x {d} final embedding")
     _, prior1 = _brain_outputs(model1, subject.voxels().astype(np.float32), subject.seeds())
-    return BrainQueries(prior1[:, 0], proj.reshape(-1, t, d), "1x-prior", sha)
+    assert prior1 is not None
+    return BrainQueries(prior1[:, 0], proj, "1x-prior", sha)
 
 
 def demo_test_labels(bundle: Any, world_root: str | Path | None = None) -> StimulusLabels:
@@ -182,7 +189,9 @@ def match_shares(seen: StimulusLabels, result: TwoStageResult) -> dict[str, Any]
     return out
 
 
-_QUERY_TEXT = {"1x-prior": "the 1 x 128 model's prior output", "prior-token0": "token 0 of the prior output"}
+QUERY_SOURCES: Mapping[str, str] = MappingProxyType(
+    {"1x-prior": "the 1 x 128 model's prior output", "prior-token0": "token 0 of the prior output"})
+""":attr:`BrainQueries.source` -> how the stage-1 query was made, in words (the neighbours summary, the app)."""
 
 
 def pool_neighbours(bundle: Any, subject_name: str, index: IndexRetriever, *, brain_dir: str | Path | None = None,
@@ -193,8 +202,9 @@ def pool_neighbours(bundle: Any, subject_name: str, index: IndexRetriever, *, br
     ``final_dir`` is the subject's 1 x 128 model (its prior output is the stage-1 query; ``None``: token 0 of
     the 65 x 128 prior output, see :func:`brain_queries`); ``brain_dir`` its 65 x 128 high-level model (needed
     only when the bundle stores no projector embeddings). The query model is the bundle's encoder (provenance
-    ``encoder.sha256``); an index built with another model is refused. Returns the :class:`TwoStageResult` and a JSON-able summary (index, procedure and,
-    with ``labels`` of the bundle's stimuli, :func:`match_shares`).
+    ``encoder.sha256``); an index built with another model is refused. Returns the :class:`TwoStageResult`
+    and a JSON-able summary (index, procedure, query and, with ``labels`` of the bundle's stimuli,
+    :func:`match_shares`).
     """
     subject = bundle.subject(subject_name)
     enc = bundle.provenance.get("encoder", {})
@@ -212,7 +222,7 @@ def pool_neighbours(bundle: Any, subject_name: str, index: IndexRetriever, *, br
                                 ground_truth=ground_truth, max_hash_distance=max_hash_distance,
                                 search_kwargs={"model": model})
     summary: dict[str, Any] = {
-        "procedure": f"two-stage: final-embedding query ({_QUERY_TEXT[queries.source]}) for n_candidates, "
+        "procedure": f"two-stage: final-embedding query ({QUERY_SOURCES[queries.source]}) for n_candidates, "
                      "re-ranked by the projector output vs each candidate's hidden tiny-CLIP tokens",
         "query": queries.to_dict(),
         "n_candidates": int(result.candidates.shape[1]),
